@@ -1,0 +1,1 @@
+"""Small adapters between the core's ports and AWS services."""

@@ -1,0 +1,71 @@
+"""One error hierarchy for the whole function.
+
+Every message is written for an operator reading a log line: it names the
+field, host or response code involved and never carries a password or token.
+"""
+
+from __future__ import annotations
+
+
+class Pop3IngestError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(Pop3IngestError):
+    """The function's environment is incomplete or invalid."""
+
+
+class SecretError(Pop3IngestError):
+    """The mailbox secret is missing, unreadable or malformed."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Pop3Error(Pop3IngestError):
+    """Something went wrong talking to the POP3 server."""
+
+
+class ConnectError(Pop3Error):
+    """The server could not be reached (DNS, refused, timeout)."""
+
+
+class TlsError(Pop3Error):
+    """TLS could not be established safely (bad certificate, no STLS)."""
+
+
+class AuthError(Pop3Error):
+    """The server rejected the credentials ([AUTH], [SYS/PERM] or plain -ERR)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class MailboxBusy(Pop3Error):
+    """The server asked us to come back later ([IN-USE], [LOGIN-DELAY], [SYS/TEMP])."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ProtocolError(Pop3Error):
+    """The server answered something POP3 does not allow here."""
+
+
+class ConnectionLost(Pop3Error):
+    """The connection dropped or timed out; the session cannot continue."""
+
+
+class MessageTooLarge(ProtocolError):
+    """A message grew past its announced size plus the allowed margin."""
+
+
+class StoreError(Pop3IngestError):
+    """A message could not be written to S3 (after the SDK's retries)."""
+
+
+class AnnounceError(Pop3IngestError):
+    """A pointer could not be sent to SQS (after the SDK's retries)."""

@@ -1,0 +1,124 @@
+"""What we make of one downloaded message: its key, its digest, its pointer."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+from typing import Any, Protocol
+
+POINTER_VERSION = 1
+# Headers end at the first empty line; we never keep more than this of them.
+_HEADER_LIMIT = 64 * 1024
+_FIELD_LIMIT = 1000
+_SAFE_MAILBOX = re.compile(r"^[A-Za-z0-9._@+-]{1,128}$")
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def object_key(prefix: str, mailbox: str, uidl: str) -> str:
+    """Deterministic S3 key for one message of one mailbox.
+
+    The UIDL is server text (any byte, ``/``, ``..``), so the key carries a
+    digest of it instead: the same message always lands on the same key, and
+    nothing the server says can steer where it lands.
+    """
+    if not _SAFE_MAILBOX.match(mailbox):
+        raise ValueError(f"unsafe mailbox name {mailbox!r}")
+    digest = hashlib.sha256(uidl.encode("latin-1", "replace")).hexdigest()[:40]
+    return f"{prefix}{mailbox}/{digest}.eml"
+
+
+class CapturingReader:
+    """Passes a message stream through, hashing it and keeping its header block."""
+
+    def __init__(self, source: Readable) -> None:
+        self._source = source
+        self._sha256 = hashlib.sha256()
+        self._head = bytearray()
+        self._head_complete = False
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        self._sha256.update(data)
+        self.size += len(data)
+        if not self._head_complete and data:
+            self._head += data[: _HEADER_LIMIT - len(self._head)]
+            self._head_complete = b"\r\n\r\n" in self._head or len(self._head) >= _HEADER_LIMIT
+        return data
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+    def header_fields(self) -> dict[str, str | None]:
+        return parse_header_fields(bytes(self._head))
+
+
+def parse_header_fields(head: bytes) -> dict[str, str | None]:
+    """The pointer's header fields, decoded (RFC 2047) and bounded; None when absent."""
+    end = head.find(b"\r\n\r\n")
+    block = head if end < 0 else head[: end + 4]
+    fields: dict[str, str | None] = {
+        "message_id": None,
+        "from": None,
+        "to": None,
+        "cc": None,
+        "subject": None,
+        "date": None,
+    }
+    try:
+        parsed = BytesHeaderParser(policy=default_policy).parsebytes(block)
+    except Exception:  # a broken header block must not lose the message
+        return fields
+    for name, header in (
+        ("message_id", "Message-ID"),
+        ("from", "From"),
+        ("to", "To"),
+        ("cc", "Cc"),
+        ("subject", "Subject"),
+        ("date", "Date"),
+    ):
+        try:
+            value = parsed.get(header)
+        except Exception:  # malformed header values are common in spam
+            value = None
+        if value is not None:
+            text = " ".join(str(value).split())
+            fields[name] = text[:_FIELD_LIMIT]
+    return fields
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    mailbox: str
+    uidl: str
+    headers: dict[str, str | None]
+    stored_at: datetime
+
+    def pointer(self) -> dict[str, Any]:
+        """The SQS body our users' consumers code against (docs/pointer.md)."""
+        return {
+            "version": POINTER_VERSION,
+            "bucket": self.bucket,
+            "key": self.key,
+            "size": self.size,
+            "sha256": self.sha256,
+            "mailbox": self.mailbox,
+            "uidl": self.uidl,
+            **self.headers,
+            "stored_at": self.stored_at.astimezone(UTC).isoformat(timespec="seconds"),
+        }

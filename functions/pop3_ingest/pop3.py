@@ -1,0 +1,395 @@
+"""A POP3 session built on :mod:`poplib`, with the pieces poplib lacks.
+
+poplib gives us connection set-up, TLS, USER/PASS and the short commands. It
+cannot stream a message (``retr`` returns every line in memory) and it refuses
+lines longer than 2048 bytes, leaving the socket out of step. RETR is
+therefore read here straight from poplib's socket file, one bounded chunk at a
+time, without any line-length limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import poplib
+import re
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, BinaryIO, cast
+
+from pop3_ingest.config import MailboxConfig, TlsMode
+from pop3_ingest.errors import (
+    AuthError,
+    ConnectError,
+    ConnectionLost,
+    MailboxBusy,
+    MessageTooLarge,
+    Pop3Error,
+    ProtocolError,
+    TlsError,
+)
+
+BUSY_CODES = frozenset({"IN-USE", "LOGIN-DELAY", "SYS/TEMP"})
+_RESP_CODE = re.compile(rb"^-ERR \[([A-Za-z0-9/\-]+)\]")
+# One read from the socket; also the most a single over-long line can cost us.
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ServerMessage:
+    """One entry of the mailbox listing: session number, UIDL and LIST size."""
+
+    number: int
+    uidl: str
+    size: int
+
+
+def response_code(response: bytes) -> str | None:
+    """The RFC 2449 code in ``-ERR [CODE] text``, upper-cased, if any."""
+    match = _RESP_CODE.match(response)
+    return match.group(1).decode("ascii").upper() if match else None
+
+
+def allowed_size(listed_size: int) -> int:
+    """How far a message may outgrow its LIST size before we stop reading.
+
+    Servers count octets differently (LF vs CRLF), so some slack is fair; an
+    unbounded stream is not.
+    """
+    return listed_size + listed_size // 4 + 1024 * 1024
+
+
+class RetrStream:
+    """File-like reader over one multi-line RETR response.
+
+    Yields the message's exact bytes: the terminating ``.`` line removed,
+    dot-stuffing undone, every line ending CRLF. Reads are exact (``read(n)``
+    returns n bytes unless the message ends), as boto3's managed upload of a
+    non-seekable stream expects.
+    """
+
+    def __init__(
+        self,
+        source: BinaryIO,
+        max_bytes: int,
+        on_finish: Callable[[bool], None],
+    ) -> None:
+        self._source = source
+        self._max_bytes = max_bytes
+        self._on_finish = on_finish
+        self._pending = bytearray()
+        self._at_line_start = True
+        self._last_byte_cr = False
+        self._done = False
+        self.bytes_out = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._done and (size < 0 or len(self._pending) < size):
+            self._pull_chunk()
+        if size < 0 or size >= len(self._pending):
+            out = bytes(self._pending)
+            self._pending.clear()
+        else:
+            out = bytes(self._pending[:size])
+            del self._pending[:size]
+        return out
+
+    def drain(self) -> None:
+        """Consume the rest of the response so the session stays usable."""
+        while not self._done:
+            self._pull_chunk()
+            self._pending.clear()
+
+    @property
+    def finished(self) -> bool:
+        return self._done
+
+    def _pull_chunk(self) -> None:
+        try:
+            chunk = self._source.readline(_CHUNK)
+        except (OSError, ValueError) as exc:
+            self._fail()
+            raise ConnectionLost(f"connection lost during RETR: {exc}") from exc
+        if not chunk:
+            self._fail()
+            raise ConnectionLost("server closed the connection in the middle of RETR")
+        if self._at_line_start:
+            if chunk in (b".\r\n", b".\n"):
+                self._done = True
+                self._on_finish(True)
+                return
+            if chunk.startswith(b"."):
+                chunk = chunk[1:]
+        if chunk.endswith(b"\n"):
+            if not chunk.endswith(b"\r\n") and not (len(chunk) == 1 and self._last_byte_cr):
+                chunk = chunk[:-1] + b"\r\n"
+            self._at_line_start = True
+        else:
+            self._at_line_start = False
+        self._last_byte_cr = chunk.endswith(b"\r")
+        self.bytes_out += len(chunk)
+        if self.bytes_out > self._max_bytes:
+            self._fail()
+            raise MessageTooLarge(
+                f"message exceeded {self._max_bytes} bytes, more than its listed size allows"
+            )
+        self._pending += chunk
+
+    def _fail(self) -> None:
+        self._done = True
+        self._pending.clear()
+        self._on_finish(False)
+
+
+class Pop3Mailbox:
+    """A logged-in POP3 session; leaving the ``with`` block ends it.
+
+    On a clean exit, or an error that left the session in step, QUIT commits
+    the DELEs sent so far (each of them only after its message was stored and
+    announced). If the session is out of step, the socket is just closed and
+    the server forgets every DELE, which is safe.
+    """
+
+    def __init__(self, config: MailboxConfig, timeout: float) -> None:
+        self._config = config
+        self._timeout = timeout
+        self._client: poplib.POP3 | None = None
+        self._in_sync = False
+        self.capabilities: dict[str, list[str]] = {}
+        self.quit_ok: bool | None = None
+
+    # -- session life cycle -------------------------------------------------
+
+    def __enter__(self) -> Pop3Mailbox:
+        self._client = self._connect()
+        try:
+            self._secure_and_login(self._client)
+        except BaseException:
+            self._close_quietly()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._client is None:
+            return
+        if self._in_sync:
+            try:
+                self.quit()
+            except Pop3Error:
+                self._close_quietly()
+        else:
+            self._close_quietly()
+
+    def quit(self) -> None:
+        client = self._require_client()
+        try:
+            client.quit()
+            self.quit_ok = True
+        except poplib.error_proto as exc:
+            self.quit_ok = False
+            raise ProtocolError(
+                f"QUIT refused, deletions not committed: {self._text(exc)}"
+            ) from exc
+        except OSError as exc:
+            self.quit_ok = False
+            raise ConnectionLost(f"connection lost at QUIT: {exc}") from exc
+        finally:
+            self._in_sync = False
+            self._client = None
+
+    def _connect(self) -> poplib.POP3:
+        cfg = self._config
+        where = f"{cfg.host}:{cfg.port}"
+        try:
+            if cfg.tls is TlsMode.IMPLICIT:
+                return poplib.POP3_SSL(
+                    cfg.host, cfg.port, timeout=self._timeout, context=self._tls_context()
+                )
+            return poplib.POP3(cfg.host, cfg.port, timeout=self._timeout)
+        except ssl.SSLCertVerificationError as exc:
+            raise TlsError(f"TLS certificate of {where} not trusted: {exc.verify_message}") from exc
+        except ssl.SSLError as exc:
+            raise TlsError(f"TLS handshake with {where} failed: {exc.reason or exc}") from exc
+        except poplib.error_proto as exc:
+            raise self._greeting_error(exc, where) from exc
+        except TimeoutError as exc:
+            raise ConnectError(f"timed out connecting to {where}") from exc
+        except OSError as exc:
+            raise ConnectError(f"cannot connect to {where}: {exc.strerror or exc}") from exc
+
+    def _greeting_error(self, exc: poplib.error_proto, where: str) -> Pop3Error:
+        raw = exc.args[0] if exc.args and isinstance(exc.args[0], bytes) else b""
+        code = response_code(raw)
+        if code in BUSY_CODES:
+            return MailboxBusy(f"{where} is busy ({code}): {self._text(exc)}", code)
+        return ProtocolError(f"{where} sent no valid POP3 greeting: {self._text(exc)}")
+
+    def _tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self._config.ca_cert:
+            try:
+                context.load_verify_locations(cadata=self._config.ca_cert)
+            except ssl.SSLError as exc:
+                raise TlsError(
+                    f"ca_cert from the secret is not a usable certificate: {exc}"
+                ) from exc
+        return context
+
+    def _secure_and_login(self, client: poplib.POP3) -> None:
+        cfg = self._config
+        self._in_sync = True
+        self.capabilities = self._capa(client)
+        if cfg.tls is TlsMode.STARTTLS:
+            if "STLS" not in self.capabilities:
+                raise TlsError(
+                    f"{cfg.host}:{cfg.port} does not offer STLS; refusing to send "
+                    "credentials in clear text (tls is 'starttls')"
+                )
+            try:
+                client.stls(context=self._tls_context())
+            except ssl.SSLCertVerificationError as exc:
+                self._in_sync = False
+                raise TlsError(
+                    f"TLS certificate of {cfg.host}:{cfg.port} not trusted: {exc.verify_message}"
+                ) from exc
+            except ssl.SSLError as exc:
+                self._in_sync = False
+                raise TlsError(f"STLS handshake with {cfg.host}:{cfg.port} failed: {exc}") from exc
+            except poplib.error_proto as exc:
+                raise TlsError(f"server refused STLS: {self._text(exc)}") from exc
+            # Capabilities may change once TLS is up (RFC 2595).
+            self.capabilities = self._capa(client)
+        self._login(client)
+
+    def _capa(self, client: poplib.POP3) -> dict[str, list[str]]:
+        try:
+            return client.capa()
+        except poplib.error_proto:
+            return {}  # CAPA is optional (RFC 2449); we then assume the basics.
+        except OSError as exc:
+            self._in_sync = False
+            raise ConnectionLost(f"connection lost at CAPA: {exc}") from exc
+
+    def _login(self, client: poplib.POP3) -> None:
+        cfg = self._config
+        try:
+            client.user(cfg.username)
+            client.pass_(cfg.password)
+        except poplib.error_proto as exc:
+            raw = exc.args[0] if exc.args and isinstance(exc.args[0], bytes) else b""
+            code = response_code(raw)
+            if code in BUSY_CODES:
+                raise MailboxBusy(
+                    f"mailbox {cfg.mailbox} is busy ({code}): {self._text(exc)}", code
+                ) from exc
+            raise AuthError(
+                f"login as {cfg.username!r} at {cfg.host}:{cfg.port} failed: {self._text(exc)}",
+                code,
+            ) from exc
+        except OSError as exc:
+            self._in_sync = False
+            raise ConnectionLost(f"connection lost during login: {exc}") from exc
+
+    # -- mailbox commands ---------------------------------------------------
+
+    def list_messages(self) -> list[ServerMessage]:
+        """Every message with its UIDL and size, in server order."""
+        client = self._require_client()
+        try:
+            _, uidl_lines, _ = client.uidl()
+            _, list_lines, _ = client.list()
+        except poplib.error_proto as exc:
+            raise ProtocolError(
+                f"UIDL/LIST failed ({self._text(exc)}); UIDL is required for safe deletion"
+            ) from exc
+        except OSError as exc:
+            self._in_sync = False
+            raise ConnectionLost(f"connection lost while listing: {exc}") from exc
+        uidls = _parse_pairs(uidl_lines, "UIDL")
+        sizes = _parse_pairs(list_lines, "LIST")
+        messages = []
+        for number, uidl in uidls.items():
+            size_text = sizes.get(number)
+            if size_text is None or not size_text.isdigit():
+                raise ProtocolError(f"LIST gave no valid size for message {number}")
+            messages.append(ServerMessage(number=number, uidl=uidl, size=int(size_text)))
+        return sorted(messages, key=lambda m: m.number)
+
+    def retrieve(self, message: ServerMessage) -> RetrStream:
+        """Start RETR; the caller must read the stream to its end (or ``drain`` it)."""
+        client = self._require_client()
+        try:
+            raw = cast(Any, client)  # poplib has no streaming API; use its primitives
+            raw._putcmd(f"RETR {message.number}")
+            raw._getresp()
+        except poplib.error_proto as exc:
+            raise ProtocolError(f"RETR {message.number} refused: {self._text(exc)}") from exc
+        except OSError as exc:
+            self._in_sync = False
+            raise ConnectionLost(f"connection lost at RETR: {exc}") from exc
+        self._in_sync = False  # until the terminating line is read
+        return RetrStream(client.file, allowed_size(message.size), self._retr_finished)
+
+    def _retr_finished(self, clean: bool) -> None:
+        self._in_sync = clean
+
+    def delete(self, message: ServerMessage) -> None:
+        client = self._require_client()
+        try:
+            client.dele(message.number)
+        except poplib.error_proto as exc:
+            raise ProtocolError(f"DELE {message.number} refused: {self._text(exc)}") from exc
+        except OSError as exc:
+            self._in_sync = False
+            raise ConnectionLost(f"connection lost at DELE: {exc}") from exc
+
+    @property
+    def usable(self) -> bool:
+        return self._client is not None and self._in_sync
+
+    # -- helpers ------------------------------------------------------------
+
+    def _require_client(self) -> poplib.POP3:
+        if self._client is None:
+            raise ProtocolError("POP3 session is closed")
+        if not self._in_sync:
+            raise ConnectionLost("POP3 session is out of step after an earlier failure")
+        return self._client
+
+    def _close_quietly(self) -> None:
+        client, self._client = self._client, None
+        self._in_sync = False
+        if client is not None:
+            with contextlib.suppress(OSError):
+                client.close()
+
+    def _text(self, exc: poplib.error_proto) -> str:
+        """Server text for an error message: printable, bounded, never the password."""
+        raw = exc.args[0] if exc.args else b""
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        text = "".join(c if c.isprintable() else "?" for c in text)[:200]
+        if self._config.password and self._config.password in text:
+            text = text.replace(self._config.password, "***")
+        return text
+
+
+def _parse_pairs(lines: list[bytes], command: str) -> dict[int, str]:
+    pairs: dict[int, str] = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise ProtocolError(f"malformed {command} line: {line[:80]!r}")
+        # latin-1 keeps any byte a hostile server sends, reversibly; keys are
+        # derived from a hash of it, never from the text itself.
+        pairs[int(parts[0])] = parts[1].decode("latin-1")
+    return pairs

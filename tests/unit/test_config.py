@@ -1,0 +1,101 @@
+"""Secret and environment validation: every bad field gets its own clear error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pop3_ingest.config import MailboxConfig, Settings, TlsMode
+from pop3_ingest.errors import ConfigError, SecretError
+
+GOOD: dict[str, Any] = {"host": "pop.example.com", "username": "alice", "password": "s3cret!"}
+
+
+def test_defaults() -> None:
+    cfg = MailboxConfig.from_secret(GOOD)
+    assert cfg.tls is TlsMode.IMPLICIT
+    assert cfg.port == 995
+    assert cfg.delete is True
+    assert cfg.mailbox == "alice@pop.example.com"
+
+
+def test_starttls_and_none_default_to_port_110() -> None:
+    assert MailboxConfig.from_secret({**GOOD, "tls": "starttls"}).port == 110
+    assert MailboxConfig.from_secret({**GOOD, "tls": "none"}).port == 110
+
+
+def test_derived_mailbox_name_is_key_safe() -> None:
+    cfg = MailboxConfig.from_secret({**GOOD, "username": "A B/c"})
+    assert cfg.mailbox == "a_b_c@pop.example.com"
+
+
+@pytest.mark.parametrize(
+    ("secret", "field", "fragment"),
+    [
+        ({k: v for k, v in GOOD.items() if k != "host"}, "host", "missing required field 'host'"),
+        ({k: v for k, v in GOOD.items() if k != "username"}, "username", "'username'"),
+        ({k: v for k, v in GOOD.items() if k != "password"}, "password", "'password'"),
+        ({**GOOD, "host": ""}, "host", "must not be empty"),
+        ({**GOOD, "host": 42}, "host", "must be a string"),
+        ({**GOOD, "host": "pop.example.com/x"}, "host", "bare host name"),
+        ({**GOOD, "port": "995"}, "port", "must be an integer"),
+        ({**GOOD, "port": True}, "port", "must be an integer"),
+        ({**GOOD, "port": 0}, "port", "1-65535"),
+        ({**GOOD, "port": 70000}, "port", "1-65535"),
+        ({**GOOD, "tls": "ssl"}, "tls", "implicit, starttls, none"),
+        ({**GOOD, "tls": True}, "tls", "must be a string"),
+        ({**GOOD, "delete": "yes"}, "delete", "true or false"),
+        ({**GOOD, "ca_cert": "not a pem"}, "ca_cert", "PEM"),
+        ({**GOOD, "mailbox": "../etc"}, "mailbox", "letters, digits"),
+        ({**GOOD, "mailbox": ""}, "mailbox", "letters, digits"),
+        ({**GOOD, "pasword": "x"}, "pasword", "unknown field"),
+        ({**GOOD, "password": "a\r\nDELE 1"}, "password", "line breaks"),
+        ({**GOOD, "username": "a\r\nDELE 1"}, "username", "single line"),
+    ],
+)
+def test_bad_secret_names_the_field(secret: dict[str, Any], field: str, fragment: str) -> None:
+    with pytest.raises(SecretError) as info:
+        MailboxConfig.from_secret(secret)
+    assert info.value.field == field
+    assert fragment in str(info.value)
+    assert "s3cret!" not in str(info.value)
+
+
+@pytest.mark.parametrize("data", [[1, 2], "text", None, 5])
+def test_secret_must_be_an_object(data: object) -> None:
+    with pytest.raises(SecretError, match="JSON object"):
+        MailboxConfig.from_secret(data)
+
+
+def test_repr_hides_password() -> None:
+    cfg = MailboxConfig.from_secret(GOOD)
+    assert "s3cret!" not in repr(cfg)
+    assert "s3cret!" not in str(cfg)
+
+
+ENV = {"BUCKET_NAME": "b", "QUEUE_URL": "https://q", "SECRET_ID": "s"}
+
+
+def test_settings_from_env() -> None:
+    settings = Settings.from_env({**ENV, "KEY_PREFIX": "in", "MAX_MESSAGES_PER_RUN": "7"})
+    assert settings.key_prefix == "in/"
+    assert settings.max_messages_per_run == 7
+    assert settings.secret_id == "s"
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"QUEUE_URL": "q"}, "BUCKET_NAME"),
+        ({"BUCKET_NAME": "b"}, "QUEUE_URL"),
+        ({**ENV, "MAX_MESSAGES_PER_RUN": "many"}, "MAX_MESSAGES_PER_RUN must be an integer"),
+        ({**ENV, "MAX_MESSAGES_PER_RUN": "-1"}, "MAX_MESSAGES_PER_RUN must be >= 0"),
+        ({**ENV, "POP3_TIMEOUT_SECONDS": "0"}, "POP3_TIMEOUT_SECONDS"),
+        ({**ENV, "DEADLINE_MARGIN_SECONDS": "x"}, "DEADLINE_MARGIN_SECONDS"),
+        ({**ENV, "KEY_PREFIX": "../up"}, "KEY_PREFIX"),
+    ],
+)
+def test_bad_environment(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.from_env(env)

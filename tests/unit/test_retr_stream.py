@@ -1,0 +1,99 @@
+"""The streaming RETR decoder: exact bytes, no line limit, bounded memory."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from pop3_ingest.errors import ConnectionLost, MessageTooLarge
+from pop3_ingest.pop3 import RetrStream, allowed_size, response_code
+
+
+def stream(wire: bytes, max_bytes: int = 10_000_000) -> tuple[RetrStream, list[bool]]:
+    outcomes: list[bool] = []
+    return RetrStream(io.BytesIO(wire), max_bytes, outcomes.append), outcomes
+
+
+def read_all(s: RetrStream, size: int = 5) -> bytes:
+    out = b""
+    while chunk := s.read(size):
+        out += chunk
+    return out
+
+
+def test_unstuffs_dots_and_stops_at_terminator() -> None:
+    s, outcomes = stream(b"a\r\n..b\r\n...\r\n.\r\nNEXT RESPONSE\r\n")
+    assert read_all(s) == b"a\r\n.b\r\n..\r\n"
+    assert outcomes == [True]
+    assert s.finished
+
+
+def test_lines_far_longer_than_poplib_limit_pass_intact() -> None:
+    long_line = b"x" * 200_000
+    s, _ = stream(long_line + b"\r\n.\r\n")
+    assert read_all(s, 4096) == long_line + b"\r\n"
+
+
+def test_dot_inside_a_long_line_continuation_is_not_unstuffed() -> None:
+    # The 64 KiB read boundary falls right before a dot in mid-line.
+    body = b"y" * (64 * 1024) + b".z"
+    s, _ = stream(body + b"\r\n.\r\n")
+    assert read_all(s, 100_000) == body + b"\r\n"
+
+
+def test_bare_lf_becomes_crlf_and_split_crlf_is_not_doubled() -> None:
+    s, _ = stream(b"one\ntwo\r\n.\r\n")
+    assert read_all(s) == b"one\r\ntwo\r\n"
+    split = b"z" * (64 * 1024 - 1) + b"\r\n.\r\n"  # CR ends one read, LF starts the next
+    s, _ = stream(split)
+    assert read_all(s, 1 << 20) == b"z" * (64 * 1024 - 1) + b"\r\n"
+
+
+def test_exact_reads_as_multipart_upload_expects() -> None:
+    s, _ = stream(b"".join(b"line %d\r\n" % i for i in range(1000)) + b".\r\n")
+    first = s.read(1000)
+    assert len(first) == 1000
+
+
+def test_eight_bit_bytes_untouched() -> None:
+    body = "Grüße, ça va? 日本語\r\n".encode() + bytes(range(128, 256)) + b"\r\n"
+    s, _ = stream(body + b".\r\n")
+    assert read_all(s) == body
+
+
+def test_connection_closed_mid_message_is_connection_lost() -> None:
+    s, outcomes = stream(b"partial\r\nno terminator")
+    with pytest.raises(ConnectionLost):
+        read_all(s)
+    assert outcomes == [False]
+
+
+def test_endless_message_is_cut_at_the_allowed_size() -> None:
+    s, outcomes = stream(b"A" * 100 + b"\r\n" * 1000, max_bytes=500)
+    with pytest.raises(MessageTooLarge):
+        read_all(s)
+    assert outcomes == [False]
+    assert allowed_size(1000) > 1000
+
+
+def test_drain_consumes_rest_so_the_session_stays_in_step() -> None:
+    source = io.BytesIO(b"a\r\nb\r\n.\r\n+OK next\r\n")
+    s = RetrStream(source, 1000, lambda ok: None)
+    s.read(2)
+    s.drain()
+    assert source.read() == b"+OK next\r\n"
+
+
+@pytest.mark.parametrize(
+    ("response", "code"),
+    [
+        (b"-ERR [IN-USE] locked", "IN-USE"),
+        (b"-ERR [SYS/TEMP] later", "SYS/TEMP"),
+        (b"-ERR [auth] bad", "AUTH"),
+        (b"-ERR plain failure", None),
+        (b"+OK [IN-USE]", None),
+    ],
+)
+def test_response_codes(response: bytes, code: str | None) -> None:
+    assert response_code(response) == code

@@ -43,7 +43,7 @@ def make_run(
 def test_every_message_is_stored_announced_then_deleted_in_that_order() -> None:
     log: list[str] = []
     mailbox = FakeMailbox({f"u{i}": msg(i) for i in range(3)}, log=log)
-    run, store, queue = make_run(mailbox, FakeStore(log=log), FakeQueue(log=log))
+    run, store, _queue = make_run(mailbox, FakeStore(log=log), FakeQueue(log=log))
     summary = run.run()
 
     assert summary.stored == 3
@@ -74,7 +74,7 @@ def test_pointer_carries_digest_size_and_headers() -> None:
 
 def test_store_failure_keeps_only_that_message_on_server() -> None:
     mailbox = FakeMailbox({"a": msg(1), "b": msg(2, b"POISON"), "c": msg(3)})
-    run, store, queue = make_run(mailbox, FakeStore(fail_keys_containing={b"POISON"}))
+    run, _store, queue = make_run(mailbox, FakeStore(fail_keys_containing={b"POISON"}))
     summary = run.run()
     mailbox.commit()
     assert list(mailbox.messages) == ["b"]
@@ -96,7 +96,7 @@ def test_queue_failure_deletes_nothing_and_stops_early() -> None:
 
 def test_connection_cut_mid_message_ends_run_without_deleting_that_message() -> None:
     mailbox = FakeMailbox({"a": msg(1), "b": msg(2), "c": msg(3)}, cut_retr={"b": 10})
-    run, store, queue = make_run(mailbox)
+    run, store, _queue = make_run(mailbox)
     summary = run.run()
     assert summary.stopped is StopReason.CONNECTION_LOST
     assert mailbox.log == ["RETR a", "DELE a", "RETR b"]
@@ -142,7 +142,7 @@ def test_refused_retr_skips_only_that_message() -> None:
 
 def test_keep_on_server_mode_never_deletes() -> None:
     mailbox = FakeMailbox({"a": msg(1)})
-    run, store, _ = make_run(mailbox, delete=False)
+    run, _store, _ = make_run(mailbox, delete=False)
     summary = run.run()
     assert summary.stored == 1
     assert summary.deleted == 0
@@ -151,7 +151,7 @@ def test_keep_on_server_mode_never_deletes() -> None:
 
 def test_message_cap_stops_run() -> None:
     mailbox = FakeMailbox({f"u{i}": msg(i) for i in range(5)})
-    run, store, _ = make_run(mailbox, max_messages=2)
+    run, _store, _ = make_run(mailbox, max_messages=2)
     summary = run.run()
     assert summary.stopped is StopReason.MESSAGE_CAP
     assert summary.stored == 2

@@ -1,0 +1,141 @@
+# pop3-ingest developer tasks (GNU make). `make help` lists the targets.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.ONESHELL:
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := venv
+MAKEFLAGS += --no-builtin-rules
+
+VENV ?= .venv
+# The venv's interpreter: python3.11 where present, else python3 (>= 3.11).
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SOURCES := functions tests scripts
+
+# `sam build` needs an interpreter matching the function runtime on PATH.
+LAMBDA_PYTHON := 3.12
+SAM_BUILD_DIR := .aws-sam/build
+SAM_REGION ?= us-east-1
+export SAM_CLI_TELEMETRY := 0
+
+# Integration tests fail instead of skipping when CI=true.
+ifdef CI
+export CI
+endif
+
+DOVECOT_PACKAGES := dovecot-core dovecot-pop3d openssl
+
+.PHONY: help venv deps deps-system lint typecheck template test unit demo fmt clean distclean
+
+help:
+	@cat <<'EOF'
+	make venv         create $(VENV) (python3.11) and pip install -e '.[dev]' (default)
+	make deps         venv + deps-system
+	make deps-system  install Dovecot (POP3) and OpenSSL for the integration tests
+	make lint         ruff check + ruff format --check
+	make typecheck    mypy (strict)
+	make template     cfn-lint, sam validate --lint, sam build (offline)
+	make test         deps + lint + typecheck + template + pytest (everything)
+	make unit         pytest tests/unit
+	make demo         deps + scripts/demo.py
+	make fmt          ruff --fix + ruff format
+	make clean        remove build and tool caches (distclean also removes $(VENV))
+	EOF
+
+venv: $(STAMP)
+
+# Reinstalls whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	if [ ! -x "$(BIN)/python" ]; then "$(PYTHON)" -m venv "$(VENV)"; fi
+	"$(BIN)/python" -m pip install -e '.[dev]'
+	touch "$@"
+
+deps: venv deps-system
+
+deps-system:
+	@export PATH="$$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+	have_all() {
+	  command -v dovecot >/dev/null && command -v doveadm >/dev/null &&
+	  command -v openssl >/dev/null &&
+	  { [ -x /usr/lib/dovecot/pop3 ] || [ -x /usr/libexec/dovecot/pop3 ]; }
+	}
+	if have_all; then echo "deps-system: dovecot (with pop3) and openssl present"; exit 0; fi
+	if [ ! -r /etc/debian_version ] || ! command -v apt-get >/dev/null; then
+	  echo "deps-system: the integration tests need Dovecot with its POP3 server, and OpenSSL." >&2
+	  echo "  Debian/Ubuntu: apt-get install $(DOVECOT_PACKAGES)" >&2
+	  echo "  Fedora/RHEL:   dnf install dovecot openssl" >&2
+	  echo "  macOS:         brew install dovecot openssl" >&2
+	  echo "No system service is needed: the tests run their own dovecot on high ports." >&2
+	  exit 1
+	fi
+	if [ "$$(id -u)" != 0 ]; then
+	  echo "deps-system: run as root, or install them yourself:" >&2
+	  echo "  sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y $(DOVECOT_PACKAGES)" >&2
+	  exit 1
+	fi
+	# Keep the package scripts from starting a system-wide dovecot: the tests
+	# start their own. An existing policy-rc.d is left as it is.
+	made_policy=
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+	  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+	  chmod 755 /usr/sbin/policy-rc.d
+	  made_policy=1
+	fi
+	trap '[ -z "$$made_policy" ] || rm -f /usr/sbin/policy-rc.d' EXIT
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y $(DOVECOT_PACKAGES)
+	# Should a daemon have started anyway, stop it (failing here just means none runs).
+	doveadm stop >/dev/null 2>&1 || true
+	if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+	  systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 || true
+	fi
+	have_all || { echo "deps-system: dovecot/openssl still missing after apt-get" >&2; exit 1; }
+	echo "deps-system: installed $(DOVECOT_PACKAGES)"
+
+lint: venv
+	"$(BIN)/ruff" check $(SOURCES)
+	"$(BIN)/ruff" format --check $(SOURCES)
+
+typecheck: venv
+	"$(BIN)/mypy"
+
+template: venv
+	@echo "template: cfn-lint, sam validate --lint, sam build -> $(SAM_BUILD_DIR)"
+	"$(BIN)/cfn-lint" template.yaml
+	"$(BIN)/sam" validate --lint --region "$(SAM_REGION)" --template-file template.yaml
+	runtime_python=
+	for candidate in "$$(command -v python$(LAMBDA_PYTHON) 2>/dev/null || true)" \
+	    "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/$(LAMBDA_PYTHON).*/bin/python$(LAMBDA_PYTHON); do
+	  if [ -n "$$candidate" ] && [ -x "$$candidate" ] && "$$candidate" -c '' 2>/dev/null; then
+	    runtime_python=$$candidate
+	    break
+	  fi
+	done
+	if [ -z "$$runtime_python" ]; then
+	  echo "template: sam build needs python$(LAMBDA_PYTHON) (the function runtime) on PATH;" \
+	       "install it, e.g. 'pyenv install $(LAMBDA_PYTHON)'." >&2
+	  exit 1
+	fi
+	PATH="$$(dirname "$$runtime_python"):$$PATH" \
+	  "$(BIN)/sam" build --template-file template.yaml --build-dir "$(SAM_BUILD_DIR)"
+
+test: deps lint typecheck template
+	"$(BIN)/python" -m pytest
+
+unit: venv
+	"$(BIN)/python" -m pytest tests/unit
+
+demo: deps
+	"$(BIN)/python" scripts/demo.py
+
+fmt: venv
+	"$(BIN)/ruff" check --fix $(SOURCES)
+	"$(BIN)/ruff" format $(SOURCES)
+
+clean:
+	rm -rf .aws-sam build .mypy_cache .ruff_cache .pytest_cache functions/*.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf "$(VENV)"

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
@@ -24,6 +25,7 @@ from pop3_ingest.errors import (
     ConnectError,
     ConnectionLost,
     MailboxBusy,
+    SecretError,
     TlsError,
 )
 from pop3_ingest.ingest import Deadline, MailboxIngest, RunSummary, StopReason
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
+# The core logs through the standard library; give it the same JSON output.
+copy_config_to_registered_loggers(source_logger=logger, include={"pop3_ingest"})
 
 # Standard retries with bounded timeouts: a throttled or flaky call is retried
 # by the SDK; a dead endpoint fails the message instead of hanging the run.
@@ -72,9 +76,14 @@ def message_store(bucket: str) -> S3MessageStore:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    settings = Settings.from_env()
-    secret_id = _secret_id(event, settings)
-    config = load_mailbox_config(secret_id)
+    try:
+        settings = Settings.from_env()
+        secret_id = _secret_id(event, settings)
+        config = load_mailbox_config(secret_id)
+    except (ConfigError, SecretError) as exc:
+        metrics.add_metric(name="ConfigInvalid", unit=MetricUnit.Count, value=1)
+        logger.error("configuration error", extra={"error": str(exc)})
+        raise
     logger.append_keys(mailbox=config.mailbox)
     metrics.add_dimension(name="mailbox", value=config.mailbox)
     return fetch_mailbox(config, settings, context)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pop3_ingest.errors import ConnectionLost, MessageTooLarge
 from pop3_ingest.pop3 import RetrStream, allowed_size, response_code
@@ -12,7 +14,12 @@ from pop3_ingest.pop3 import RetrStream, allowed_size, response_code
 
 def stream(wire: bytes, max_bytes: int = 10_000_000) -> tuple[RetrStream, list[bool]]:
     outcomes: list[bool] = []
-    return RetrStream(io.BytesIO(wire), max_bytes, outcomes.append), outcomes
+    return RetrStream(buffered(wire), max_bytes, outcomes.append), outcomes
+
+
+def buffered(wire: bytes, size: int = 8192) -> io.BufferedReader:
+    # Like poplib's socket file: a buffered reader that can peek.
+    return io.BufferedReader(io.BytesIO(wire), buffer_size=size)  # type: ignore[arg-type]
 
 
 def read_all(s: RetrStream, size: int = 5) -> bytes:
@@ -78,7 +85,7 @@ def test_endless_message_is_cut_at_the_allowed_size() -> None:
 
 
 def test_drain_consumes_rest_so_the_session_stays_in_step() -> None:
-    source = io.BytesIO(b"a\r\nb\r\n.\r\n+OK next\r\n")
+    source = buffered(b"a\r\nb\r\n.\r\n+OK next\r\n")
     s = RetrStream(source, 1000, lambda ok: None)
     s.read(2)
     s.drain()
@@ -97,3 +104,51 @@ def test_drain_consumes_rest_so_the_session_stays_in_step() -> None:
 )
 def test_response_codes(response: bytes, code: str | None) -> None:
     assert response_code(response) == code
+
+
+def test_next_pipelined_response_stays_in_the_buffer() -> None:
+    source = buffered(b"x\r\n.\r\n+OK 2 octets\r\nab\r\n.\r\n+OK deleted\r\n", size=4)
+    first = RetrStream(source, 1000, lambda ok: None)
+    assert first.read_all() == b"x\r\n"
+    assert source.readline() == b"+OK 2 octets\r\n"
+    second = RetrStream(source, 1000, lambda ok: None)
+    assert second.read_all() == b"ab\r\n"
+    assert source.read() == b"+OK deleted\r\n"
+
+
+def dot_stuff(message: bytes) -> bytes:
+    """What a server sends for a message (RFC 1939 section 3)."""
+    lines = message.split(b"\r\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    stuffed = [b"." + line if line.startswith(b".") else line for line in lines]
+    return b"".join(line + b"\r\n" for line in stuffed) + b".\r\n"
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+            st.sampled_from([b".", b"..", b".\r", b"", b". ", b"x" * 70_000, b".x" * 40_000]),
+        ),
+        max_size=30,
+    ),
+    buffer_size=st.sampled_from([5, 64, 8192, 1 << 17]),
+    read_size=st.sampled_from([1, 5, 4096, -1]),
+)
+def test_decoding_round_trips_any_message(
+    lines: list[bytes], buffer_size: int, read_size: int
+) -> None:
+    lines = [line.replace(b"\r", b"") for line in lines]
+    message = b"".join(line + b"\r\n" for line in lines)
+    source = buffered(dot_stuff(message) + b"+OK next\r\n", size=buffer_size)
+    s = RetrStream(source, len(message) + 10, lambda ok: None)
+    out = b""
+    while chunk := s.read(read_size):
+        out += chunk
+        if read_size < 0:
+            break
+    assert out == message
+    assert s.finished
+    assert source.read() == b"+OK next\r\n"

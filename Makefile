@@ -101,9 +101,19 @@ typecheck: venv
 	"$(BIN)/mypy"
 
 template: venv
-	@echo "template: cfn-lint, sam validate --lint, sam build -> $(SAM_BUILD_DIR)"
+	@echo "template: cfn-lint, sam validate --lint, checkov, sam build -> $(SAM_BUILD_DIR)"
 	"$(BIN)/cfn-lint" template.yaml
 	"$(BIN)/sam" validate --lint --region "$(SAM_REGION)" --template-file template.yaml
+	# checkov pins boto3/botocore far below the project's own, so it gets a venv
+	# of its own. Skipped checks carry their reason in template.yaml (docs/security.md).
+	checkov_venv=.venv-checkov
+	checkov_version=3.3.30
+	if [ "$$("$$checkov_venv/bin/checkov" --version 2>/dev/null || true)" != "$$checkov_version" ]; then
+	  [ -x "$$checkov_venv/bin/python" ] || "$(PYTHON)" -m venv "$$checkov_venv"
+	  "$$checkov_venv/bin/python" -m pip install --quiet "checkov==$$checkov_version"
+	fi
+	"$$checkov_venv/bin/checkov" --file template.yaml --framework cloudformation \
+	  --skip-download --compact --quiet
 	runtime_python=
 	for candidate in "$$(command -v python$(LAMBDA_PYTHON) 2>/dev/null || true)" \
 	    "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/$(LAMBDA_PYTHON).*/bin/python$(LAMBDA_PYTHON); do
@@ -139,3 +149,38 @@ clean:
 
 distclean: clean
 	rm -rf "$(VENV)"
+
+# -- benchmark (issue 3): kept out of `make test`, whose smoke run needs none of this --
+BENCH_PACKAGES := getmail6 fetchmail time
+BENCH_ARGS ?=
+
+.PHONY: deps-bench bench bench-smoke
+
+deps-bench: deps
+	have_all() { command -v getmail >/dev/null && command -v fetchmail >/dev/null && [ -x /usr/bin/time ]; }
+	if have_all; then echo "deps-bench: getmail6, fetchmail and GNU time present"; exit 0; fi
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+	  echo "deps-bench: install the peers the benchmark compares against:" >&2
+	  echo "  sudo apt-get install $(BENCH_PACKAGES)" >&2
+	  exit 1
+	fi
+	# As in deps-system: package scripts must not start system daemons.
+	made_policy=
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+	  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+	  chmod 755 /usr/sbin/policy-rc.d
+	  made_policy=1
+	fi
+	trap '[ -z "$$made_policy" ] || rm -f /usr/sbin/policy-rc.d' EXIT
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y $(BENCH_PACKAGES)
+	have_all || { echo "deps-bench: still missing after apt-get" >&2; exit 1; }
+
+# Full run (~15 min on 2 cores): writes benchmarks/results.md and messages_per_second.png.
+# Quick look: make bench BENCH_ARGS=--quick (50 messages, 0 and 20 ms, into benchmarks/out/quick).
+bench: deps-bench
+	"$(BIN)/python" -m benchmarks.run $(BENCH_ARGS)
+
+# The smoke test `make test` also runs: the harness on a tiny corpus, no timings.
+bench-smoke: deps
+	"$(BIN)/python" -m pytest tests/bench

@@ -28,7 +28,7 @@ from pop3_ingest.errors import (
     SecretError,
     TlsError,
 )
-from pop3_ingest.ingest import Deadline, MailboxIngest, RunSummary, StopReason
+from pop3_ingest.ingest import Deadline, IngestOptions, MailboxIngest, RunSummary, StopReason
 from pop3_ingest.pop3 import Pop3Mailbox
 
 if TYPE_CHECKING:
@@ -104,27 +104,32 @@ def fetch_mailbox(
     config: MailboxConfig, settings: Settings, context: LambdaContext
 ) -> dict[str, Any]:
     started = time.monotonic()
-    deadline = Deadline(context.get_remaining_time_in_millis, settings.deadline_margin_seconds)
-    session = Pop3Mailbox(config, timeout=settings.pop3_timeout_seconds)
+    ingest = MailboxIngest(
+        mailbox_name=config.mailbox,
+        connect=lambda: Pop3Mailbox(config, timeout=settings.pop3_timeout_seconds),
+        store=message_store(settings.bucket),
+        announcer=SqsAnnouncer(aws_clients().sqs, settings.queue_url),
+        deadline=Deadline(context.get_remaining_time_in_millis, settings.deadline_margin_seconds),
+        options=IngestOptions(
+            key_prefix=settings.key_prefix,
+            delete=config.delete,
+            max_messages=settings.max_messages_per_run,
+            max_message_size=config.max_message_size,
+            pipeline_window=settings.pipeline_window,
+            upload_workers=settings.upload_workers,
+            commit_every_messages=settings.commit_every_messages,
+            commit_every_bytes=settings.commit_every_bytes,
+        ),
+    )
     try:
-        with session:
-            summary = MailboxIngest(
-                mailbox_name=config.mailbox,
-                mailbox=session,
-                store=message_store(settings.bucket),
-                announcer=SqsAnnouncer(aws_clients().sqs, settings.queue_url),
-                key_prefix=settings.key_prefix,
-                delete=config.delete,
-                deadline=deadline,
-                max_messages=settings.max_messages_per_run,
-            ).run()
+        summary = ingest.run()
     except MailboxBusy as exc:
         metrics.add_metric(name="MailboxBusy", unit=MetricUnit.Count, value=1)
         logger.warning(
             "mailbox busy, will try next run", extra={"code": exc.code, "error": str(exc)}
         )
         summary = RunSummary(mailbox=config.mailbox, stopped=StopReason.BUSY)
-        return _report(summary, deletions_committed=False, started=started, busy_code=exc.code)
+        return _report(summary, started=started, busy_code=exc.code)
     except AuthError as exc:
         metrics.add_metric(name="LoginFailed", unit=MetricUnit.Count, value=1)
         logger.error("login failed", extra={"code": exc.code, "error": str(exc)})
@@ -138,20 +143,19 @@ def fetch_mailbox(
         metrics.add_metric(name="ConnectionLost", unit=MetricUnit.Count, value=1)
         logger.error("connection lost", extra={"error": str(exc)})
         raise
-    return _report(summary, deletions_committed=bool(session.quit_ok), started=started)
+    return _report(summary, started=started)
 
 
-def _report(
-    summary: RunSummary, *, deletions_committed: bool, started: float, busy_code: str | None = None
-) -> dict[str, Any]:
-    deleted = summary.deleted if deletions_committed else 0
+def _report(summary: RunSummary, *, started: float, busy_code: str | None = None) -> dict[str, Any]:
+    deleted = summary.deleted
     for name, value, unit in (
         ("MessagesStored", summary.stored, MetricUnit.Count),
         ("MessagesAlreadyStored", summary.already_stored, MetricUnit.Count),
         ("MessagesDeleted", deleted, MetricUnit.Count),
         ("MessagesFailed", summary.failed, MetricUnit.Count),
         ("BytesStored", summary.bytes_stored, MetricUnit.Bytes),
-        ("MessagesLeftOnServer", summary.left_on_server(deletions_committed), MetricUnit.Count),
+        ("MessagesLeftOnServer", summary.left_on_server, MetricUnit.Count),
+        ("MessagesOversized", summary.oversized, MetricUnit.Count),
     ):
         metrics.add_metric(name=name, unit=unit, value=value)
     if summary.stopped is StopReason.COMPLETED:
@@ -165,7 +169,9 @@ def _report(
         "deleted": deleted,
         "failed": summary.failed,
         "bytes": summary.bytes_stored,
-        "left_on_server": summary.left_on_server(deletions_committed),
+        "oversized": summary.oversized,
+        "left_on_server": summary.left_on_server,
+        "sessions": summary.sessions,
         "stopped": summary.stopped.value,
         "duration_ms": int((time.monotonic() - started) * 1000),
     }

@@ -30,7 +30,9 @@ _SECRET_FIELDS = {
     "ca_cert",
     "mailbox",
     "delete",
+    "max_message_size",
 }
+DEFAULT_MAX_MESSAGE_SIZE = 150 * 1024 * 1024  # above every big provider's own limit
 
 
 @dataclass(frozen=True, repr=False)
@@ -43,6 +45,7 @@ class MailboxConfig:
     mailbox: str
     delete: bool = True
     ca_cert: str | None = None
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
     def __repr__(self) -> str:
         # The password must never reach a log line through a repr.
@@ -112,6 +115,14 @@ class MailboxConfig:
                 "delete",
             )
 
+        max_size = data.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1024:
+            raise SecretError(
+                "mailbox secret field 'max_message_size' must be an integer number of "
+                "bytes, at least 1024",
+                "max_message_size",
+            )
+
         mailbox_raw = data.get("mailbox")
         if mailbox_raw is None:
             mailbox = derive_mailbox_name(username, host)
@@ -132,6 +143,7 @@ class MailboxConfig:
             mailbox=mailbox,
             delete=delete,
             ca_cert=ca_cert,
+            max_message_size=max_size,
         )
 
 
@@ -172,6 +184,10 @@ class Settings:
     max_messages_per_run: int = 500
     deadline_margin_seconds: float = 20.0
     pop3_timeout_seconds: float = 30.0
+    pipeline_window: int = 16
+    upload_workers: int = 8
+    commit_every_messages: int = 250
+    commit_every_bytes: int = 256 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -194,6 +210,10 @@ class Settings:
             max_messages_per_run=_int_env(env, "MAX_MESSAGES_PER_RUN", 500, minimum=0),
             deadline_margin_seconds=_float_env(env, "DEADLINE_MARGIN_SECONDS", 20.0),
             pop3_timeout_seconds=_float_env(env, "POP3_TIMEOUT_SECONDS", 30.0, minimum=0.1),
+            pipeline_window=_int_env(env, "PIPELINE_WINDOW", 16, minimum=1),
+            upload_workers=_int_env(env, "UPLOAD_WORKERS", 8, minimum=1),
+            commit_every_messages=_int_env(env, "COMMIT_EVERY_MESSAGES", 250, minimum=1),
+            commit_every_bytes=_int_env(env, "COMMIT_EVERY_BYTES", 256 * 1024 * 1024, minimum=1),
         )
 
 

@@ -1,28 +1,52 @@
 """The core: drain one mailbox under the delete-after-store rule.
 
-For each message, in server order: RETR, store the exact bytes, announce a
-pointer, and only then DELE. QUIT (done by the session's context manager)
-commits the deletions. Anything that goes wrong with one message leaves that
-message on the server and the run moves on; anything that breaks the
-session ends the run, and the server then forgets every DELE of it, so a
-crash can cost a re-download but never a message.
+Per message: RETR, store the exact bytes, announce a pointer, and only then
+DELE; QUIT commits the deletions. To be bounded by the line rather than by
+round trips, RETRs are pipelined (RFC 2449) in a bounded window, uploads run
+on worker threads while the next message downloads, pointers go out in SQS
+batches, and each DELE follows its confirmed message. The session is closed
+with QUIT and reopened every so many messages or bytes, so a crash repeats at
+most one batch.
+
+Anything wrong with one message leaves that message on the server and the run
+moves on; anything that breaks the session ends the run, and the server then
+forgets every uncommitted DELE: a crash can cost a re-download, never a message.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from pop3_ingest.errors import AnnounceError, ConnectionLost, ProtocolError, StoreError
-from pop3_ingest.message import CapturingReader, Readable, StoredMessage, object_key
+from pop3_ingest.errors import (
+    AnnounceError,
+    ConnectionLost,
+    Pop3IngestError,
+    ProtocolError,
+    StoreError,
+)
+from pop3_ingest.message import (
+    CapturingReader,
+    Readable,
+    StoredMessage,
+    StoredObject,
+    object_key,
+    parse_header_fields,
+)
 from pop3_ingest.pop3 import ServerMessage
 
 logger = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
 
 
 # -- ports --------------------------------------------------------------------
@@ -32,33 +56,49 @@ class MessageStream(Readable, Protocol):
     @property
     def finished(self) -> bool: ...
 
+    def read_all(self) -> bytes: ...
+
     def drain(self) -> None: ...
 
 
 class Mailbox(Protocol):
-    """The POP3 session as the core sees it."""
+    """The POP3 session as the core sees it: commands written, answers read in order."""
+
+    @property
+    def pipelining(self) -> bool: ...
 
     def list_messages(self) -> list[ServerMessage]: ...
 
-    def retrieve(self, message: ServerMessage) -> MessageStream: ...
+    def send_commands(self, commands: list[str]) -> None: ...
 
-    def delete(self, message: ServerMessage) -> None: ...
+    def read_retr(self, message: ServerMessage) -> MessageStream: ...
+
+    def read_dele(self, message: ServerMessage) -> None: ...
+
+
+class Session(Mailbox, AbstractContextManager["Session"], Protocol):
+    """A mailbox whose ``with`` block ends in QUIT; ``quit_ok`` says if it committed."""
+
+    @property
+    def quit_ok(self) -> bool | None: ...
 
 
 class MessageStore(Protocol):
     bucket: str
 
-    def store(self, key: str, body: Readable, metadata: dict[str, str]) -> bool:
-        """Write ``body`` under ``key`` unless it exists; True if this call created it."""
+    def put_bytes(self, key: str, data: bytes, sha256_hex: str, metadata: dict[str, str]) -> bool:
+        """Write unless the key exists; True if this call created the object."""
         ...
 
-    def stored_size(self, key: str) -> int | None:
-        """Size of the object under ``key``, None if there is none."""
-        ...
+    def put_stream(self, key: str, body: Readable, metadata: dict[str, str]) -> bool: ...
+
+    def stored_object(self, key: str) -> StoredObject | None: ...
 
 
 class Announcer(Protocol):
-    def announce(self, pointer: dict[str, Any]) -> None: ...
+    def announce_batch(self, pointers: list[dict[str, Any]]) -> set[int]:
+        """Send up to ten pointers; the indexes that failed."""
+        ...
 
 
 # -- run policy ----------------------------------------------------------------
@@ -73,32 +113,50 @@ class StopReason(StrEnum):
     BUSY = "busy"
 
 
+@dataclass(frozen=True)
+class IngestOptions:
+    key_prefix: str = "mail/"
+    delete: bool = True
+    max_messages: int = 0  # 0: no cap
+    max_message_size: int = 50 * MIB
+    pipeline_window: int = 16
+    upload_workers: int = 8
+    # Downloaded messages waiting for their upload; bounds memory with the
+    # streaming threshold (bigger messages never sit in memory whole).
+    memory_budget: int = 32 * MIB
+    stream_threshold: int = 8 * MIB
+    commit_every_messages: int = 250
+    commit_every_bytes: int = 256 * MIB
+
+
 @dataclass
 class Deadline:
     """Decides whether there is time to take one more message and still QUIT.
 
-    The estimate learns the session's throughput as it goes, so a big message
-    is not started when it cannot finish before the Lambda is stopped.
+    The estimate learns the line's throughput and the store's latency as the
+    run goes, so work is not started that cannot finish before the Lambda is
+    stopped. A hard stop at the margin backs it up.
     """
 
     remaining_ms: Callable[[], int]
     margin_seconds: float
     bytes_per_second: float = 1_000_000.0
-    seconds_per_message: float = 0.2
+    upload_seconds: float = 0.2
 
     def seconds_left(self) -> float:
         return self.remaining_ms() / 1000.0 - self.margin_seconds
 
-    def allows(self, size: int) -> bool:
-        expected = self.seconds_per_message + size / self.bytes_per_second
+    def allows(self, size: int, queued: int = 0, workers: int = 1) -> bool:
+        expected = size / self.bytes_per_second + (queued + 1) * self.upload_seconds / workers
         return self.seconds_left() > expected
 
     def observe(self, size: int, seconds: float) -> None:
-        # Exponential averages; a single slow message does not dominate.
         if size >= 256 * 1024 and seconds > 0:
+            # Exponential average: one slow message does not dominate.
             self.bytes_per_second = 0.7 * self.bytes_per_second + 0.3 * (size / seconds)
-        else:
-            self.seconds_per_message = 0.7 * self.seconds_per_message + 0.3 * seconds
+
+    def observe_upload(self, seconds: float) -> None:
+        self.upload_seconds = 0.7 * self.upload_seconds + 0.3 * seconds
 
 
 @dataclass
@@ -108,151 +166,482 @@ class RunSummary:
     stored: int = 0
     already_stored: int = 0
     announced: int = 0
-    deleted: int = 0
+    deleted: int = 0  # committed by a successful QUIT
     failed: int = 0
+    oversized: int = 0
     bytes_stored: int = 0
+    sessions: int = 0
     stopped: StopReason = StopReason.COMPLETED
     failures: list[dict[str, str]] = field(default_factory=list)
 
-    def left_on_server(self, deletions_committed: bool) -> int:
-        return self.messages_on_server - (self.deleted if deletions_committed else 0)
+    @property
+    def left_on_server(self) -> int:
+        return self.messages_on_server - self.deleted
 
 
 # -- the run -------------------------------------------------------------------
 
-# After this many pointers in a row fail, the queue is down, not the message.
+# After this many pointer batches in a row fail, the queue is down, not a message.
 _QUEUE_FAILURE_LIMIT = 2
 
 
+class _StopRun(Exception):
+    def __init__(self, reason: StopReason) -> None:
+        self.reason = reason
+
+
 @dataclass
+class _Stored:
+    message: ServerMessage
+    record: StoredMessage
+    new: bool
+    ready_at: float = field(default_factory=time.monotonic)
+
+
+_BATCH_WAIT_SECONDS = 0.05
+
+
 class MailboxIngest:
-    mailbox_name: str
-    mailbox: Mailbox
-    store: MessageStore
-    announcer: Announcer
-    key_prefix: str
-    delete: bool
-    deadline: Deadline
-    max_messages: int = 0
-    clock: Callable[[], float] = time.monotonic
+    def __init__(
+        self,
+        mailbox_name: str,
+        connect: Callable[[], Session],
+        store: MessageStore,
+        announcer: Announcer,
+        deadline: Deadline,
+        options: IngestOptions | None = None,
+    ) -> None:
+        self.mailbox_name = mailbox_name
+        self._connect = connect
+        self._store = store
+        self._announcer = announcer
+        self._deadline = deadline
+        self._options = options or IngestOptions()
+        self._handled: set[str] = set()  # UIDLs this run is done with, whatever the outcome
+        self._queue_failures = 0
+        self._taken = 0
 
     def run(self) -> RunSummary:
         summary = RunSummary(mailbox=self.mailbox_name)
-        messages = self.mailbox.list_messages()
-        summary.messages_on_server = len(messages)
-        seen_uidls: set[str] = set()
-        queue_failures = 0
-        taken = 0
-        for message in messages:
-            if self.max_messages and taken >= self.max_messages:
-                summary.stopped = StopReason.MESSAGE_CAP
-                break
-            if not self.deadline.allows(message.size):
-                summary.stopped = StopReason.DEADLINE
-                break
-            if message.uidl in seen_uidls:
-                # Two messages with one UIDL would share a key; the second one
-                # waits for the next session, where it is no longer a twin.
-                self._fail(summary, message, "duplicate UIDL in listing; left for next run")
-                continue
-            seen_uidls.add(message.uidl)
-            taken += 1
-            started = self.clock()
-            try:
-                stored = self._store(message)
-            except ConnectionLost as exc:
-                self._fail(summary, message, str(exc))
-                summary.stopped = StopReason.CONNECTION_LOST
-                break
-            except (StoreError, ProtocolError) as exc:
-                self._fail(summary, message, str(exc))
-                continue
-            if stored is None:
-                continue
-            new, record = stored
-            summary.bytes_stored += record.size if new else 0
-            if new:
-                summary.stored += 1
-            else:
-                summary.already_stored += 1
-            try:
-                self.announcer.announce(record.pointer())
-            except AnnounceError as exc:
-                self._fail(summary, message, str(exc))
-                queue_failures += 1
-                if queue_failures >= _QUEUE_FAILURE_LIMIT:
-                    summary.stopped = StopReason.QUEUE_UNAVAILABLE
-                    break
-                continue
-            queue_failures = 0
-            summary.announced += 1
-            self.deadline.observe(record.size, self.clock() - started)
-            if not self.delete:
-                continue
-            try:
-                self.mailbox.delete(message)
-            except ConnectionLost as exc:
-                # Nothing lost: the message is stored and announced; it comes
-                # back next run and is recognised as already stored.
-                logger.warning("DELE failed: %s", exc, extra={"uidl_key": record.key})
-                summary.stopped = StopReason.CONNECTION_LOST
-                break
-            except ProtocolError as exc:
-                logger.warning("DELE refused: %s", exc, extra={"uidl_key": record.key})
-                continue
-            summary.deleted += 1
-        return summary
-
-    def _store(self, message: ServerMessage) -> tuple[bool, StoredMessage] | None:
-        key = object_key(self.key_prefix, self.mailbox_name, message.uidl)
-        new, record = self._retrieve_into(message, key)
-        if new or self.store.stored_size(key) == record.size:
-            return new, record
-        # The key is taken by different bytes: the server reused a UIDL. Keep
-        # both, under a key that also names this content.
-        alt_key = f"{key.removesuffix('.eml')}.{record.sha256[:16]}.eml"
-        logger.warning(
-            "UIDL reused with different content; storing under an alternate key",
-            extra={"key": key, "alternate_key": alt_key},
+        first = True
+        pool = ThreadPoolExecutor(
+            max_workers=self._options.upload_workers, thread_name_prefix="upload"
         )
-        new_alt, alt_record = self._retrieve_into(message, alt_key)
-        if not new_alt and self.store.stored_size(alt_key) != alt_record.size:
-            raise StoreError(f"both {key} and {alt_key} hold other content; left on server")
-        return new_alt, alt_record
-
-    def _retrieve_into(self, message: ServerMessage, key: str) -> tuple[bool, StoredMessage]:
-        stream = self.mailbox.retrieve(message)
-        reader = CapturingReader(stream)
+        # Its own threads, so pointers never queue behind uploads.
+        self._announce_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="announce")
         try:
-            new = self.store.store(
-                key,
-                reader,
-                {"mailbox": self.mailbox_name, "uidl-sha256": key.rsplit("/", 1)[-1][:40]},
-            )
-        except StoreError:
-            if not stream.finished:
-                stream.drain()  # keep the session in step for the next message
-            raise
-        if not stream.finished:
-            # The store stopped reading early; never trust a partial copy.
-            stream.drain()
-            raise StoreError(f"store returned before the end of message {message.number}")
-        return new, StoredMessage(
-            bucket=self.store.bucket,
-            key=key,
-            size=reader.size,
-            sha256=reader.sha256,
-            mailbox=self.mailbox_name,
-            uidl=message.uidl,
-            headers=reader.header_fields(),
-            stored_at=datetime.now(UTC),
-        )
+            while True:
+                session = self._connect()
+                summary.sessions += 1
+                with session:
+                    more = _SessionRun(self, session, pool, summary, first).run()
+                first = False
+                if session.quit_ok:
+                    summary.deleted += more.marked
+                if more.stop is not None:
+                    summary.stopped = more.stop
+                    return summary
+                if not more.commit_and_continue:
+                    return summary
+        finally:
+            # Past the deadline, uploads still running are not waited for: their
+            # messages were not deleted and a later run finds them stored.
+            out_of_time = self._deadline.seconds_left() <= 0
+            pool.shutdown(wait=not out_of_time, cancel_futures=True)
+            self._announce_pool.shutdown(wait=not out_of_time, cancel_futures=True)
 
     def _fail(self, summary: RunSummary, message: ServerMessage, reason: str) -> None:
         summary.failed += 1
         if len(summary.failures) < 20:
-            summary.failures.append({"number": str(message.number), "error": reason[:300]})
+            summary.failures.append({"uidl": message.uidl[:80], "error": reason[:300]})
         logger.error(
             "message left on server",
             extra={"message_number": message.number, "size": message.size, "error": reason},
         )
+
+
+@dataclass
+class _SessionOutcome:
+    marked: int = 0
+    stop: StopReason | None = None
+    commit_and_continue: bool = False
+
+
+class _SessionRun:
+    """One POP3 session of a run: pipelined RETRs, overlapped uploads, DELEs."""
+
+    def __init__(
+        self,
+        run: MailboxIngest,
+        mailbox: Session,
+        pool: ThreadPoolExecutor,
+        summary: RunSummary,
+        first: bool,
+    ) -> None:
+        self.run_ = run
+        self.mailbox = mailbox
+        self.pool = pool
+        self.summary = summary
+        self.first = first
+        self.opts = run._options
+        self.window = self.opts.pipeline_window if mailbox.pipelining else 1
+        self.outstanding: deque[tuple[str, ServerMessage]] = deque()
+        self.to_fetch: deque[ServerMessage] = deque()
+        self.uploads: dict[Future[_Stored], tuple[ServerMessage, int]] = {}
+        self.announces: dict[Future[set[int]], list[_Stored]] = {}
+        self.ready: list[_Stored] = []
+        self.to_delete: deque[ServerMessage] = deque()
+        self.buffered = 0
+        self.sent_retr = 0
+        self.sent_bytes = 0
+        self.outcome = _SessionOutcome()
+        self.fetching = True
+        self.winding_down = False
+
+    # -- driver ---------------------------------------------------------------
+
+    def run(self) -> _SessionOutcome:
+        try:
+            self._plan()
+            while True:
+                if not self.winding_down and self.run_._deadline.seconds_left() <= 0:
+                    self._wind_down()
+                self._harvest(block=False)
+                self._send()
+                if self.outstanding:
+                    self._read_one()
+                elif self.to_delete:
+                    continue  # _send writes them on the next turn
+                elif self.winding_down:
+                    break
+                elif self.uploads or self.announces:
+                    self._harvest(block=True)
+                elif self.ready:
+                    self._announce(force=True)
+                else:
+                    break
+        except ConnectionLost as exc:
+            logger.error(
+                "connection lost; no deletion of this session counts", extra={"error": str(exc)}
+            )
+            self.outcome.stop = StopReason.CONNECTION_LOST
+            self.outcome.marked = 0
+            self._settle_after_loss()
+        return self.outcome
+
+    def _wind_down(self) -> None:
+        """Out of time: read what is in the pipe, delete what is confirmed, and go.
+
+        Queued uploads are cancelled and running ones not waited for; their
+        messages stay on the server for the next run.
+        """
+        logger.warning("deadline reached; finishing the session early")
+        self.winding_down = True
+        self.fetching = False
+        if self.outcome.stop is None:
+            self.outcome.stop = StopReason.DEADLINE
+        self.outcome.commit_and_continue = False
+        for upload in list(self.uploads):
+            if upload.cancel():
+                message, size = self.uploads.pop(upload)
+                self.buffered -= size
+                self.run_._handled.discard(message.uidl)
+
+    def _plan(self) -> None:
+        messages = self.mailbox.list_messages()
+        if self.first:
+            self.summary.messages_on_server = len(messages)
+        seen: set[str] = set()
+        for message in messages:
+            if message.uidl in self.run_._handled:
+                continue
+            if message.uidl in seen:
+                # Two messages with one UIDL would share a key; the twin waits
+                # for a later session, where it is no longer a twin.
+                self.run_._fail(self.summary, message, "duplicate UIDL in listing; left for later")
+                self.run_._handled.add(message.uidl)
+                continue
+            seen.add(message.uidl)
+            if message.size > self.opts.max_message_size:
+                self.summary.oversized += 1
+                self.run_._handled.add(message.uidl)
+                logger.warning(
+                    "message larger than max_message_size left on server",
+                    extra={"size": message.size, "limit": self.opts.max_message_size},
+                )
+                continue
+            self.to_fetch.append(message)
+
+    # -- writing commands ---------------------------------------------------------
+
+    def _send(self) -> None:
+        commands: list[str] = []
+        pending_answers = len(self.outstanding)
+
+        def room() -> bool:
+            return (pending_answers + len(commands)) < self.window
+
+        # DELEs first: they free the server's memory of what is done.
+        while self.to_delete and room():
+            message = self.to_delete.popleft()
+            commands.append(f"DELE {message.number}")
+            self.outstanding.append(("DELE", message))
+        while self.fetching and self.to_fetch and room():
+            message = self.to_fetch[0]
+            stop = self._may_take(message)
+            if stop is not None:
+                self.fetching = False
+                if stop == "commit":
+                    self.outcome.commit_and_continue = True
+                else:
+                    self.outcome.stop = stop
+                break
+            if message.size <= self.opts.stream_threshold:
+                if self.buffered + message.size > self.opts.memory_budget and self.buffered:
+                    break  # wait for uploads to free memory
+                self.buffered += message.size
+            self.to_fetch.popleft()
+            commands.append(f"RETR {message.number}")
+            self.outstanding.append(("RETR", message))
+            self.sent_retr += 1
+            self.sent_bytes += message.size
+            self.run_._taken += 1
+        if commands:
+            self.mailbox.send_commands(commands)
+
+    def _may_take(self, message: ServerMessage) -> StopReason | Literal["commit"] | None:
+        opts = self.opts
+        if opts.max_messages and self.run_._taken >= opts.max_messages:
+            return StopReason.MESSAGE_CAP
+        if self.run_._queue_failures >= _QUEUE_FAILURE_LIMIT:
+            return StopReason.QUEUE_UNAVAILABLE
+        queued = sum(1 for kind, _ in self.outstanding if kind == "RETR") + len(self.uploads)
+        if not self.run_._deadline.allows(
+            self.sent_bytes_in_flight() + message.size, queued, self.opts.upload_workers
+        ):
+            return StopReason.DEADLINE
+        if self.sent_retr and (
+            self.sent_retr >= opts.commit_every_messages
+            or self.sent_bytes + message.size > opts.commit_every_bytes
+        ):
+            return "commit"
+        return None
+
+    def sent_bytes_in_flight(self) -> int:
+        return sum(m.size for kind, m in self.outstanding if kind == "RETR") + sum(
+            size for _, size in self.uploads.values()
+        )
+
+    # -- reading answers ----------------------------------------------------------
+
+    def _read_one(self) -> None:
+        kind, message = self.outstanding.popleft()
+        if kind == "DELE":
+            try:
+                self.mailbox.read_dele(message)
+            except ProtocolError as exc:
+                logger.warning("DELE refused; message stays", extra={"error": str(exc)})
+                return
+            self.outcome.marked += 1
+            return
+        try:
+            stream = self.mailbox.read_retr(message)
+        except ProtocolError as exc:
+            self._release(message)
+            self.run_._fail(self.summary, message, str(exc))
+            self.run_._handled.add(message.uidl)
+            return
+        if self.winding_down:
+            stream.drain()  # no time left to store it; it stays on the server
+            self._release(message)
+            return
+        self.run_._handled.add(message.uidl)
+        if message.size <= self.opts.stream_threshold:
+            started = time.monotonic()
+            try:
+                data = stream.read_all()
+            except ConnectionLost:
+                self._release(message)
+                raise
+            except ProtocolError as exc:  # grew far past its LIST size
+                self._release(message)
+                self.run_._fail(self.summary, message, str(exc))
+                raise ConnectionLost("session abandoned after an oversized answer") from exc
+            self.run_._deadline.observe(len(data), time.monotonic() - started)
+            future = self.pool.submit(self._store_bytes, message, data)
+            self.uploads[future] = (message, message.size)
+        else:
+            self._store_streaming(message, stream)
+
+    def _store_bytes(self, message: ServerMessage, data: bytes) -> _Stored:
+        started = time.monotonic()
+        try:
+            return self._put_bytes(message, data)
+        finally:
+            self.run_._deadline.observe_upload(time.monotonic() - started)
+
+    def _put_bytes(self, message: ServerMessage, data: bytes) -> _Stored:
+        digest = hashlib.sha256(data).hexdigest()
+        key = object_key(self.opts.key_prefix, self.run_.mailbox_name, message.uidl)
+        store = self.run_._store
+        meta = {"mailbox": self.run_.mailbox_name}
+        new = store.put_bytes(key, data, digest, meta)
+        if not new and not _same(store.stored_object(key), len(data), digest):
+            # The key holds other bytes: the server reused a UIDL. Keep both.
+            key = _alternate_key(key, digest)
+            new = store.put_bytes(key, data, digest, meta)
+            if not new and not _same(store.stored_object(key), len(data), digest):
+                raise StoreError(f"{key} holds other content; message left on server")
+            logger.warning("UIDL reused with different content", extra={"key": key})
+        return _Stored(message, self._record(message, key, len(data), digest, data), new)
+
+    def _store_streaming(self, message: ServerMessage, stream: MessageStream) -> None:
+        # Big messages go straight from the socket into a multipart upload:
+        # memory stays bounded, and this session waits for it.
+        key = object_key(self.opts.key_prefix, self.run_.mailbox_name, message.uidl)
+        reader = CapturingReader(stream)
+        started = time.monotonic()
+        try:
+            new = self.run_._store.put_stream(key, reader, {"mailbox": self.run_.mailbox_name})
+        except StoreError as exc:
+            if not stream.finished:
+                stream.drain()
+            self.run_._fail(self.summary, message, str(exc))
+            return
+        except ProtocolError as exc:
+            self.run_._fail(self.summary, message, str(exc))
+            raise ConnectionLost("session abandoned after an oversized answer") from exc
+        if not stream.finished:
+            stream.drain()
+            self.run_._fail(self.summary, message, "store returned before the end of message")
+            return
+        self.run_._deadline.observe(reader.size, time.monotonic() - started)
+        if not new:
+            existing = self.run_._store.stored_object(key)
+            if existing is None or existing.size != reader.size:
+                # Rare (a reused UIDL on a big message): leave it for a later
+                # run rather than hold a second copy of it in memory here.
+                self.run_._fail(self.summary, message, f"{key} holds other content")
+                return
+        record = StoredMessage(
+            bucket=self.run_._store.bucket,
+            key=key,
+            size=reader.size,
+            sha256=reader.sha256,
+            mailbox=self.run_.mailbox_name,
+            uidl=message.uidl,
+            headers=reader.header_fields(),
+            stored_at=datetime.now(UTC),
+        )
+        self._stored(_Stored(message, record, new))
+
+    def _record(
+        self, message: ServerMessage, key: str, size: int, digest: str, data: bytes
+    ) -> StoredMessage:
+        return StoredMessage(
+            bucket=self.run_._store.bucket,
+            key=key,
+            size=size,
+            sha256=digest,
+            mailbox=self.run_.mailbox_name,
+            uidl=message.uidl,
+            headers=parse_header_fields(data[: 64 * 1024]),
+            stored_at=datetime.now(UTC),
+        )
+
+    # -- completions --------------------------------------------------------------
+
+    def _harvest(self, *, block: bool) -> None:
+        futures: list[Future[Any]] = [*self.uploads, *self.announces]
+        if not futures:
+            return
+        timeout = max(0.05, self.run_._deadline.seconds_left()) if block else 0
+        if self.ready:
+            timeout = min(timeout, _BATCH_WAIT_SECONDS)
+        done, _ = wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
+        for future in done:
+            if future in self.uploads:
+                message, size = self.uploads.pop(future)
+                self.buffered -= size
+                try:
+                    stored = future.result()
+                except Pop3IngestError as exc:
+                    self.run_._fail(self.summary, message, str(exc))
+                    continue
+                self._stored(stored)
+            else:
+                batch = self.announces.pop(future)
+                self._announced(batch, future)
+        if not self.winding_down:
+            self._announce(force=not self.outstanding and not self.uploads)
+
+    def _stored(self, stored: _Stored) -> None:
+        self._count_stored(stored)
+        self.ready.append(stored)
+        if not self.winding_down:
+            self._announce(force=False)
+
+    def _count_stored(self, stored: _Stored) -> None:
+        if stored.new:
+            self.summary.stored += 1
+            self.summary.bytes_stored += stored.record.size
+        else:
+            self.summary.already_stored += 1
+
+    def _announce(self, *, force: bool) -> None:
+        # Full batches at once; a partial one once it has waited a moment.
+        if self.ready and time.monotonic() - self.ready[0].ready_at >= _BATCH_WAIT_SECONDS:
+            force = True
+        while self.ready and (len(self.ready) >= 10 or force):
+            batch, self.ready = self.ready[:10], self.ready[10:]
+            future = self.run_._announce_pool.submit(
+                self.run_._announcer.announce_batch, [s.record.pointer() for s in batch]
+            )
+            self.announces[future] = batch
+
+    def _announced(self, batch: list[_Stored], future: Future[set[int]]) -> None:
+        try:
+            failed = future.result()
+        except AnnounceError as exc:
+            self.run_._queue_failures += 1
+            for stored in batch:
+                self.run_._fail(self.summary, stored.message, str(exc))
+            return
+        self.run_._queue_failures = 0
+        for index, stored in enumerate(batch):
+            if index in failed:
+                self.run_._fail(self.summary, stored.message, "SQS rejected the pointer")
+                continue
+            self.summary.announced += 1
+            if self.opts.delete:
+                self.to_delete.append(stored.message)
+
+    def _release(self, message: ServerMessage) -> None:
+        if message.size <= self.opts.stream_threshold:
+            self.buffered -= message.size
+
+    def _settle_after_loss(self) -> None:
+        # Uploads already running finish (a re-run then finds them stored);
+        # nothing more is announced: the next run announces them once.
+        for upload in list(self.uploads):
+            message, _ = self.uploads.pop(upload)
+            try:
+                stored = upload.result()
+            except Pop3IngestError as exc:
+                self.run_._fail(self.summary, message, str(exc))
+                continue
+            self._count_stored(stored)
+        for announce in list(self.announces):
+            self.announces.pop(announce)
+            with suppress(Pop3IngestError):
+                announce.result()
+
+
+def _same(existing: StoredObject | None, size: int, digest: str) -> bool:
+    if existing is None or existing.size != size:
+        return False
+    return existing.sha256 is None or existing.sha256 == digest
+
+
+def _alternate_key(key: str, digest: str) -> str:
+    return f"{key.removesuffix('.eml')}.{digest[:16]}.eml"

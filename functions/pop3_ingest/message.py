@@ -99,6 +99,14 @@ def parse_header_fields(head: bytes) -> dict[str, str | None]:
 
 
 @dataclass(frozen=True)
+class StoredObject:
+    """What the store knows of an existing object."""
+
+    size: int
+    sha256: str | None
+
+
+@dataclass(frozen=True)
 class StoredMessage:
     bucket: str
     key: str

@@ -383,33 +383,49 @@ class Pop3Mailbox:
             messages.append(ServerMessage(number=number, uidl=uidl, size=int(size_text)))
         return sorted(messages, key=lambda m: m.number)
 
-    def retrieve(self, message: ServerMessage) -> RetrStream:
-        """Start RETR; the caller must read the stream to its end (or ``drain`` it)."""
+    @property
+    def pipelining(self) -> bool:
+        """RFC 2449: the server lets us send commands before reading answers."""
+        return "PIPELINING" in self.capabilities
+
+    def send_commands(self, commands: list[str]) -> None:
+        """Write commands in one go; their answers are read in the same order."""
+        client = self._require_client()
+        data = b"".join(command.encode("ascii") + b"\r\n" for command in commands)
+        try:
+            client.sock.sendall(data)
+        except OSError as exc:
+            self._in_sync = False
+            raise ConnectionLost(f"connection lost sending commands: {exc}") from exc
+
+    def read_retr(self, message: ServerMessage) -> RetrStream:
+        """Read the answer to ``RETR``; the caller reads the stream to its end (or drains it)."""
         client = self._require_client()
         try:
-            raw = cast(Any, client)  # poplib has no streaming API; use its primitives
-            raw._putcmd(f"RETR {message.number}")
-            raw._getresp()
+            cast(Any, client)._getresp()  # poplib's status-line reader; no public API
         except poplib.error_proto as exc:
             raise ProtocolError(f"RETR {message.number} refused: {self._text(exc)}") from exc
         except OSError as exc:
             self._in_sync = False
             raise ConnectionLost(f"connection lost at RETR: {exc}") from exc
         self._in_sync = False  # until the terminating line is read
-        return RetrStream(client.file, allowed_size(message.size), self._retr_finished)
+        return RetrStream(
+            cast(PeekableSource, client.file), allowed_size(message.size), self._retr_finished
+        )
 
-    def _retr_finished(self, clean: bool) -> None:
-        self._in_sync = clean
-
-    def delete(self, message: ServerMessage) -> None:
+    def read_dele(self, message: ServerMessage) -> None:
+        """Read the answer to ``DELE``."""
         client = self._require_client()
         try:
-            client.dele(message.number)
+            cast(Any, client)._getresp()
         except poplib.error_proto as exc:
             raise ProtocolError(f"DELE {message.number} refused: {self._text(exc)}") from exc
         except OSError as exc:
             self._in_sync = False
             raise ConnectionLost(f"connection lost at DELE: {exc}") from exc
+
+    def _retr_finished(self, clean: bool) -> None:
+        self._in_sync = clean
 
     @property
     def usable(self) -> bool:

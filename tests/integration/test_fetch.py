@@ -211,7 +211,7 @@ def test_short_deadline_returns_in_time_and_next_run_completes(
     from pop3_ingest.app import aws_clients
 
     def slow_put(**_: Any) -> None:
-        time.sleep(0.25)  # an S3 that takes its time: 30 messages cannot fit
+        time.sleep(1.0)  # an S3 that takes its time: 30 messages cannot fit
 
     client = aws_clients().s3
     client.meta.events.register("before-send.s3.PutObject", slow_put)

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from pop3_ingest.ingest import Deadline, MailboxIngest, StopReason
+from pop3_ingest.ingest import Deadline, IngestOptions, MailboxIngest, RunSummary, StopReason
 from pop3_ingest.pop3 import ServerMessage
 
 from .fakes import FakeMailbox, FakeQueue, FakeStore
@@ -16,52 +16,68 @@ def msg(i: int, extra: bytes = b"") -> bytes:
     return f"Subject: message {i}\r\nMessage-ID: <{i}@test>\r\n\r\nbody {i}\r\n".encode() + extra
 
 
-def make_run(
+def run(
     mailbox: FakeMailbox,
     store: FakeStore | None = None,
     queue: FakeQueue | None = None,
     *,
-    delete: bool = True,
     remaining_ms: int = 600_000,
-    max_messages: int = 0,
-) -> tuple[MailboxIngest, FakeStore, FakeQueue]:
+    **options: object,
+) -> tuple[RunSummary, FakeStore, FakeQueue]:
     store = store or FakeStore()
     queue = queue or FakeQueue()
-    run = MailboxIngest(
+    ingest = MailboxIngest(
         mailbox_name="box",
-        mailbox=mailbox,
+        connect=lambda: mailbox,
         store=store,
         announcer=queue,
-        key_prefix="mail/",
-        delete=delete,
         deadline=Deadline(lambda: remaining_ms, margin_seconds=10),
-        max_messages=max_messages,
+        options=IngestOptions(**options),  # type: ignore[arg-type]
     )
-    return run, store, queue
+    return ingest.run(), store, queue
 
 
-def test_every_message_is_stored_announced_then_deleted_in_that_order() -> None:
+def mailbox_of(count: int, **kwargs: object) -> FakeMailbox:
+    return FakeMailbox({f"u{i}": msg(i) for i in range(count)}, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_every_message_is_stored_announced_then_deleted_in_that_order(pipelining: bool) -> None:
     log: list[str] = []
-    mailbox = FakeMailbox({f"u{i}": msg(i) for i in range(3)}, log=log)
-    run, store, _queue = make_run(mailbox, FakeStore(log=log), FakeQueue(log=log))
-    summary = run.run()
+    mailbox = mailbox_of(25, pipelining=pipelining, log=log)
+    original = dict(mailbox.messages)
+    summary, store, _ = run(mailbox, FakeStore(log=log), FakeQueue(log=log))
 
-    assert summary.stored == 3
-    assert summary.deleted == 3
+    assert summary.stored == summary.deleted == 25
     assert summary.stopped is StopReason.COMPLETED
-    for uidl in ("u0", "u1", "u2"):
+    assert mailbox.messages == {}
+    for uidl in original:
         retr = log.index(f"RETR {uidl}")
-        put = next(i for i, e in enumerate(log) if e.startswith("PUT") and i > retr)
         send = log.index(f"SEND {uidl}")
         dele = log.index(f"DELE {uidl}")
-        assert retr < put < send < dele
-    assert sorted(store.objects.values()) == sorted(mailbox.messages.values())
+        assert retr < send < dele
+        put = next(i for i, e in enumerate(log) if e.startswith("PUT") and i > retr)
+        assert put < send
+    assert sorted(store.objects.values()) == sorted(original.values())
+    if not pipelining:
+        assert mailbox.max_in_flight == 1
+
+
+def test_pipelining_keeps_a_bounded_window_of_commands_in_flight() -> None:
+    mailbox = mailbox_of(40)
+    run(mailbox, pipeline_window=8)
+    assert 1 < mailbox.max_in_flight <= 8
+
+
+def test_pointers_are_sent_in_batches_of_up_to_ten() -> None:
+    summary, _, queue = run(mailbox_of(35))
+    assert summary.announced == 35
+    assert queue.batches < 35
 
 
 def test_pointer_carries_digest_size_and_headers() -> None:
     body = msg(7)
-    run, store, queue = make_run(FakeMailbox({"abc": body}))
-    run.run()
+    _, store, queue = run(FakeMailbox({"abc": body}))
     (pointer,) = queue.sent
     assert pointer["sha256"] == hashlib.sha256(body).hexdigest()
     assert pointer["size"] == len(body)
@@ -74,59 +90,52 @@ def test_pointer_carries_digest_size_and_headers() -> None:
 
 def test_store_failure_keeps_only_that_message_on_server() -> None:
     mailbox = FakeMailbox({"a": msg(1), "b": msg(2, b"POISON"), "c": msg(3)})
-    run, _store, queue = make_run(mailbox, FakeStore(fail_keys_containing={b"POISON"}))
-    summary = run.run()
-    mailbox.commit()
+    summary, _, queue = run(mailbox, FakeStore(fail_when_containing={b"POISON"}))
     assert list(mailbox.messages) == ["b"]
     assert summary.failed == 1
     assert summary.deleted == 2
-    assert [p["uidl"] for p in queue.sent] == ["a", "c"]
+    assert sorted(p["uidl"] for p in queue.sent) == ["a", "c"]
 
 
 def test_queue_failure_deletes_nothing_and_stops_early() -> None:
-    mailbox = FakeMailbox({f"u{i}": msg(i) for i in range(5)})
-    run, store, _ = make_run(mailbox, queue=FakeQueue(failing=True))
-    summary = run.run()
-    assert "DELE" not in " ".join(mailbox.log)
+    mailbox = mailbox_of(50, pipelining=False)
+    summary, store, _ = run(mailbox, queue=FakeQueue(failing=True))
+    assert not any(entry.startswith("DELE") for entry in mailbox.log)
     assert summary.deleted == 0
     assert summary.stopped is StopReason.QUEUE_UNAVAILABLE
-    # Stored objects stay (a re-run finds them and does not write twice).
-    assert len(store.objects) == 2
+    assert len(mailbox.messages) == 50
+    assert 0 < len(store.objects) < 50  # it stopped taking messages
 
 
-def test_connection_cut_mid_message_ends_run_without_deleting_that_message() -> None:
-    mailbox = FakeMailbox({"a": msg(1), "b": msg(2), "c": msg(3)}, cut_retr={"b": 10})
-    run, store, _queue = make_run(mailbox)
-    summary = run.run()
+def test_connection_cut_mid_message_voids_the_session_but_loses_nothing() -> None:
+    mailbox = FakeMailbox(
+        {"a": msg(1), "b": msg(2), "c": msg(3)}, cut_retr={"b": 10}, pipelining=False
+    )
+    summary, store, _ = run(mailbox)
     assert summary.stopped is StopReason.CONNECTION_LOST
-    assert mailbox.log == ["RETR a", "DELE a", "RETR b"]
-    assert len(store.objects) == 1  # the partial message was never committed
+    assert summary.deleted == 0
+    assert len(mailbox.messages) == 3
+    assert msg(2) not in store.objects.values()  # no partial copy was written
+    assert "RETR c" not in mailbox.log
 
 
 def test_rerun_after_crash_does_not_store_twice() -> None:
-    mailbox = FakeMailbox({"a": msg(1), "b": msg(2)})
+    mailbox = FakeMailbox({"a": msg(1), "b": msg(2), "c": msg(3)}, cut_retr={"c": 5})
     store = FakeStore()
-    first, _, _ = make_run(mailbox, store)
-    first.run()
-    # Crash before QUIT: the server forgets the DELEs.
-    mailbox.marked.clear()
-    second, _, queue = make_run(mailbox, store)
-    summary = second.run()
-    mailbox.commit()
-    assert summary.stored == 0
-    assert summary.already_stored == 2
-    assert len(store.objects) == 2
+    first, _, _ = run(mailbox, store)
+    assert first.stopped is StopReason.CONNECTION_LOST
+    mailbox.cut_retr.clear()
+    second, _, _queue = run(mailbox, store)
+    assert second.already_stored == first.stored
+    assert second.deleted == 3
+    assert len(store.objects) == 3
     assert mailbox.messages == {}
-    assert len(queue.sent) == 2
 
 
 def test_reused_uidl_with_different_content_is_kept_under_another_key() -> None:
     store = FakeStore()
-    first, _, _ = make_run(FakeMailbox({"same": msg(1)}), store)
-    first.run()
-    mailbox = FakeMailbox({"same": msg(2, b"different and longer")})
-    second, _, queue = make_run(mailbox, store)
-    summary = second.run()
+    run(FakeMailbox({"same": msg(1)}), store)
+    summary, _, queue = run(FakeMailbox({"same": msg(2, b"different and longer")}), store)
     assert summary.stored == 1
     assert len(store.objects) == 2
     assert queue.sent[0]["key"].endswith(queue.sent[0]["sha256"][:16] + ".eml")
@@ -134,42 +143,74 @@ def test_reused_uidl_with_different_content_is_kept_under_another_key() -> None:
 
 def test_refused_retr_skips_only_that_message() -> None:
     mailbox = FakeMailbox({"a": msg(1), "b": msg(2)}, refuse_retr={"a"})
-    run, _, queue = make_run(mailbox)
-    summary = run.run()
+    summary, _, queue = run(mailbox)
     assert summary.failed == 1
     assert [p["uidl"] for p in queue.sent] == ["b"]
+    assert list(mailbox.messages) == ["a"]
 
 
 def test_keep_on_server_mode_never_deletes() -> None:
     mailbox = FakeMailbox({"a": msg(1)})
-    run, _store, _ = make_run(mailbox, delete=False)
-    summary = run.run()
+    summary, _, _ = run(mailbox, delete=False)
     assert summary.stored == 1
     assert summary.deleted == 0
     assert "DELE a" not in mailbox.log
 
 
 def test_message_cap_stops_run() -> None:
-    mailbox = FakeMailbox({f"u{i}": msg(i) for i in range(5)})
-    run, _store, _ = make_run(mailbox, max_messages=2)
-    summary = run.run()
+    summary, _, _ = run(mailbox_of(5), max_messages=2)
     assert summary.stopped is StopReason.MESSAGE_CAP
-    assert summary.stored == 2
+    assert summary.deleted == 2
+
+
+def test_session_is_committed_and_reopened_every_n_messages() -> None:
+    mailbox = mailbox_of(23)
+    summary, _, _ = run(mailbox, commit_every_messages=10)
+    assert summary.sessions == 3
+    assert mailbox.log.count("QUIT") == 3
+    assert summary.deleted == 23
+    assert mailbox.messages == {}
+
+
+def test_session_is_committed_every_m_bytes() -> None:
+    mailbox = mailbox_of(6)
+    size = len(msg(1))
+    summary, _, _ = run(mailbox, commit_every_bytes=size * 2 + 1)
+    assert summary.sessions == 3
+    assert summary.deleted == 6
+
+
+def test_oversized_messages_are_left_on_server_and_counted() -> None:
+    mailbox = FakeMailbox({"small": msg(1), "big": msg(2, b"x" * 5000)})
+    summary, _store, _ = run(mailbox, max_message_size=2000)
+    assert summary.oversized == 1
+    assert list(mailbox.messages) == ["big"]
+    assert "RETR big" not in mailbox.log
+
+
+def test_big_messages_stream_through_the_store() -> None:
+    big = msg(1, b"y" * 50_000)
+    mailbox = FakeMailbox({"big": big, "small": msg(2)})
+    summary, store, queue = run(mailbox, stream_threshold=10_000)
+    assert summary.deleted == 2
+    assert big in store.objects.values()
+    pointer = next(p for p in queue.sent if p["uidl"] == "big")
+    assert pointer["sha256"] == hashlib.sha256(big).hexdigest()
 
 
 def test_deadline_too_close_takes_nothing() -> None:
     mailbox = FakeMailbox({"a": msg(1)})
-    run, store, _ = make_run(mailbox, remaining_ms=5_000)  # margin is 10 s
-    summary = run.run()
+    summary, store, _ = run(mailbox, remaining_ms=5_000)  # margin is 10 s
     assert summary.stopped is StopReason.DEADLINE
     assert store.objects == {}
-    assert mailbox.log == []
+    assert not any(entry.startswith("RETR") for entry in mailbox.log)
 
 
-def test_deadline_skips_big_message_when_throughput_says_it_cannot_finish() -> None:
+def test_deadline_estimate_accounts_for_size_and_queued_uploads() -> None:
     deadline = Deadline(lambda: 30_000, margin_seconds=10, bytes_per_second=1_000_000)
     assert deadline.allows(1_000)
     assert not deadline.allows(50_000_000)
+    assert not deadline.allows(1_000, queued=1_000, workers=8)
     deadline.observe(10_000_000, 1.0)  # the line turned out fast
     assert deadline.bytes_per_second > 1_000_000
 
@@ -178,21 +219,20 @@ def test_duplicate_uidl_in_listing_leaves_the_twin_for_next_run() -> None:
     class TwinListing(FakeMailbox):
         def list_messages(self) -> list[ServerMessage]:
             (first,) = super().list_messages()
+            self._numbers[2] = first.uidl
             return [first, ServerMessage(number=2, uidl=first.uidl, size=first.size)]
 
     mailbox = TwinListing({"a": msg(1)})
-    run, _, queue = make_run(mailbox)
-    summary = run.run()
+    summary, _, queue = run(mailbox)
     assert summary.failed == 1
     assert summary.deleted == 1
-    assert mailbox.log == ["RETR a", "DELE a"]
+    assert [e for e in mailbox.log if e != "QUIT"] == ["RETR a", "DELE a"]
     assert len(queue.sent) == 1
 
 
 @pytest.mark.parametrize("uidl", ["../../etc/passwd", "a/b", "%2e%2e", "with space", "é"])
 def test_keys_never_contain_server_text(uidl: str) -> None:
-    run, store, queue = make_run(FakeMailbox({uidl: msg(1)}))
-    run.run()
+    _, store, queue = run(FakeMailbox({uidl: msg(1)}))
     (key,) = store.objects
     assert key.startswith("mail/box/")
     tail = key.removeprefix("mail/box/")

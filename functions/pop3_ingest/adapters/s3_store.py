@@ -1,31 +1,34 @@
-"""S3 as the message store: streamed, managed uploads that never overwrite."""
+"""S3 as the message store: conditional writes, verified checksums, bounded memory."""
 
 from __future__ import annotations
 
+import base64
+import threading
 from typing import TYPE_CHECKING, Any
 
-from boto3.exceptions import S3UploadFailedError
-from boto3.s3.transfer import TransferConfig
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pop3_ingest.errors import StoreError
-from pop3_ingest.message import Readable
+from pop3_ingest.message import Readable, StoredObject
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from s3transfer.manager import TransferManager
 
 MIB = 1024 * 1024
+STREAM_THRESHOLD = 8 * MIB
 
 
 def transfer_config() -> TransferConfig:
     """Multipart settings that bound memory whatever the message size.
 
-    A non-seekable stream is buffered one part at a time; at most
-    ``max_in_memory_upload_chunks`` parts are held, so 4 x 8 MiB caps the
-    upload buffers at 32 MiB for a 100 MB message.
+    A non-seekable stream is buffered one part at a time and at most
+    ``max_in_memory_upload_chunks`` parts are held: 4 x 8 MiB caps the upload
+    buffers at 32 MiB for a message of any size.
     """
     config = TransferConfig(
-        multipart_threshold=8 * MIB,
+        multipart_threshold=STREAM_THRESHOLD,
         multipart_chunksize=8 * MIB,
         max_concurrency=4,
     )
@@ -36,7 +39,8 @@ def transfer_config() -> TransferConfig:
 
 def _require_absent(params: dict[str, Any], **_: Any) -> None:
     # S3 conditional write: a re-run after a crash finds the object already
-    # there and gets 412 instead of writing a second copy or version.
+    # there and gets 412 instead of writing a second copy or version. The
+    # managed transfer does not accept IfNoneMatch, so it is added here.
     params.setdefault("IfNoneMatch", "*")
 
 
@@ -45,32 +49,52 @@ class S3MessageStore:
         self._client = client
         self.bucket = bucket
         self._config = config or transfer_config()
+        self._manager: TransferManager | None = None
+        self._manager_lock = threading.Lock()
         events = client.meta.events
         events.register("before-parameter-build.s3.PutObject", _require_absent)
         events.register("before-parameter-build.s3.CompleteMultipartUpload", _require_absent)
 
-    def store(self, key: str, body: Readable, metadata: dict[str, str]) -> bool:
+    def put_bytes(self, key: str, data: bytes, sha256_hex: str, metadata: dict[str, str]) -> bool:
+        """One PUT with our SHA-256 as its checksum: S3 rejects the write if a byte
+        differs. Returns False when the key already exists."""
         try:
-            self._client.upload_fileobj(
-                body,  # type: ignore[arg-type]  # any object with read() will do
-                self.bucket,
-                key,
-                ExtraArgs={"ContentType": "message/rfc822", "Metadata": metadata},
-                Config=self._config,
+            self._client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType="message/rfc822",
+                Metadata={**metadata, "sha256": sha256_hex},
+                ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii"),
+                IfNoneMatch="*",
             )
         except ClientError as exc:
             if _is_precondition_failed(exc):
-                return False
-            raise StoreError(f"S3 put of s3://{self.bucket}/{key} failed: {exc}") from exc
-        except S3UploadFailedError as exc:
-            if "PreconditionFailed" in str(exc):
                 return False
             raise StoreError(f"S3 put of s3://{self.bucket}/{key} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise StoreError(f"S3 put of s3://{self.bucket}/{key} failed: {exc}") from exc
         return True
 
-    def stored_size(self, key: str) -> int | None:
+    def put_stream(self, key: str, body: Readable, metadata: dict[str, str]) -> bool:
+        """Managed (multipart) upload of a stream; False when the key already exists."""
+        try:
+            future = self._transfer_manager().upload(
+                body,  # type: ignore[arg-type]  # any object with read() will do
+                self.bucket,
+                key,
+                extra_args={"ContentType": "message/rfc822", "Metadata": metadata},
+            )
+            future.result()
+        except ClientError as exc:
+            if _is_precondition_failed(exc):
+                return False
+            raise StoreError(f"S3 upload of s3://{self.bucket}/{key} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"S3 upload of s3://{self.bucket}/{key} failed: {exc}") from exc
+        return True
+
+    def stored_object(self, key: str) -> StoredObject | None:
         try:
             head = self._client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
@@ -79,7 +103,16 @@ class S3MessageStore:
             raise StoreError(f"S3 head of s3://{self.bucket}/{key} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise StoreError(f"S3 head of s3://{self.bucket}/{key} failed: {exc}") from exc
-        return int(head["ContentLength"])
+        return StoredObject(
+            size=int(head["ContentLength"]), sha256=head.get("Metadata", {}).get("sha256")
+        )
+
+    def _transfer_manager(self) -> TransferManager:
+        # One manager (and its thread pool) for the life of the process.
+        with self._manager_lock:
+            if self._manager is None:
+                self._manager = create_transfer_manager(self._client, self._config)
+            return self._manager
 
 
 def _is_precondition_failed(exc: ClientError) -> bool:

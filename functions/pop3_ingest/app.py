@@ -15,6 +15,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
+from pop3_ingest.adapters.s3_state import S3StateStore
 from pop3_ingest.adapters.s3_store import S3MessageStore
 from pop3_ingest.adapters.secrets import load_mailbox_config
 from pop3_ingest.adapters.sqs_announcer import SqsAnnouncer
@@ -25,11 +26,14 @@ from pop3_ingest.errors import (
     ConnectError,
     ConnectionLost,
     MailboxBusy,
+    Pop3IngestError,
     SecretError,
     TlsError,
 )
 from pop3_ingest.ingest import Deadline, IngestOptions, MailboxIngest, RunSummary, StopReason
-from pop3_ingest.pop3 import Pop3Mailbox
+from pop3_ingest.message import uidl_digest
+from pop3_ingest.pop3 import Pop3Mailbox, ServerMessage
+from pop3_ingest.state import Failure, MailboxState
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -54,6 +58,7 @@ _BOTO_CONFIG = Config(
 @dataclass(frozen=True)
 class AwsClients:
     s3: S3Client
+    s3_state: S3Client  # without the mail store's conditional-write hook
     sqs: SQSClient
 
 
@@ -63,6 +68,7 @@ def aws_clients() -> AwsClients:
     session = boto3.session.Session()
     return AwsClients(
         s3=session.client("s3", config=_BOTO_CONFIG),
+        s3_state=session.client("s3", config=_BOTO_CONFIG),
         sqs=session.client("sqs", config=_BOTO_CONFIG),
     )
 
@@ -72,14 +78,17 @@ def message_store(bucket: str) -> S3MessageStore:
     return S3MessageStore(aws_clients().s3, bucket)
 
 
+def state_store(settings: Settings) -> S3StateStore:
+    return S3StateStore(aws_clients().s3_state, settings.bucket, settings.key_prefix)
+
+
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
         settings = Settings.from_env()
-        secret_id = _secret_id(event, settings)
-        config = load_mailbox_config(secret_id)
+        config = load_mailbox_config(_secret_id(event, settings))
     except (ConfigError, SecretError) as exc:
         metrics.add_metric(name="ConfigInvalid", unit=MetricUnit.Count, value=1)
         logger.error("configuration error", extra={"error": str(exc)})
@@ -103,7 +112,32 @@ def _secret_id(event: object, settings: Settings) -> str:
 def fetch_mailbox(
     config: MailboxConfig, settings: Settings, context: LambdaContext
 ) -> dict[str, Any]:
+    """One run for one mailbox, with its memory loaded before and saved after."""
     started = time.monotonic()
+    states = state_store(settings)
+    state = states.load(config.mailbox)
+    now = time.time()
+    skip = _skip_reason(state, config, settings, now)
+    if skip is not None:
+        return _report(RunSummary(mailbox=config.mailbox, stopped=skip), started=started)
+    state.last_attempt = now
+
+    def quarantine(message: ServerMessage, failure: Failure) -> None:
+        states.put_quarantine_record(
+            config.mailbox,
+            uidl_digest(message.uidl),
+            {
+                "mailbox": config.mailbox,
+                "uidl": message.uidl,
+                "size": message.size,
+                "failures": failure.count,
+                "error": failure.error,
+                "first_failed_at": failure.first_at,
+                "quarantined_at": failure.last_at,
+                "policy": "left on the server; not retried until released",
+            },
+        )
+
     ingest = MailboxIngest(
         mailbox_name=config.mailbox,
         connect=lambda: Pop3Mailbox(config, timeout=settings.pop3_timeout_seconds),
@@ -119,43 +153,110 @@ def fetch_mailbox(
             upload_workers=settings.upload_workers,
             commit_every_messages=settings.commit_every_messages,
             commit_every_bytes=settings.commit_every_bytes,
+            poison_threshold=settings.poison_threshold,
         ),
+        state=state,
+        on_quarantine=quarantine,
     )
     try:
         summary = ingest.run()
     except MailboxBusy as exc:
         metrics.add_metric(name="MailboxBusy", unit=MetricUnit.Count, value=1)
+        state.busy_streak += 1
+        state.backoff_until = now + _busy_backoff(exc.code, state.busy_streak)
         logger.warning(
-            "mailbox busy, will try next run", extra={"code": exc.code, "error": str(exc)}
+            "mailbox busy; backing off",
+            extra={"code": exc.code, "error": str(exc), "retry_after": state.backoff_until},
         )
+        _save(states, config, state)
         summary = RunSummary(mailbox=config.mailbox, stopped=StopReason.BUSY)
         return _report(summary, started=started, busy_code=exc.code)
     except AuthError as exc:
         metrics.add_metric(name="LoginFailed", unit=MetricUnit.Count, value=1)
-        logger.error("login failed", extra={"code": exc.code, "error": str(exc)})
+        if state.auth_fingerprint != config.fingerprint():
+            state.auth_failures = 0
+        state.auth_failures += 1
+        state.auth_fingerprint = config.fingerprint()
+        logger.error(
+            "login failed",
+            extra={"code": exc.code, "error": str(exc), "consecutive": state.auth_failures},
+        )
+        _save(states, config, state)
         raise
     except (TlsError, ConnectError) as exc:
         metrics.add_metric(name="ConnectFailed", unit=MetricUnit.Count, value=1)
         logger.error("cannot reach the mailbox safely", extra={"error": str(exc)})
+        _save(states, config, state)
         raise
     except ConnectionLost as exc:
         # Lost before or while listing: nothing was deleted.
         metrics.add_metric(name="ConnectionLost", unit=MetricUnit.Count, value=1)
         logger.error("connection lost", extra={"error": str(exc)})
+        _save(states, config, state)
         raise
+    state.auth_failures = 0
+    state.auth_fingerprint = config.fingerprint()
+    if summary.stopped is not StopReason.BUSY:
+        state.busy_streak = 0
+    if ingest.login_delay:
+        # RFC 2449: the server asked for this much time between logins.
+        state.backoff_until = now + ingest.login_delay
+    if summary.stopped is StopReason.COMPLETED:
+        state.last_completed = time.time()
+    _save(states, config, state)
     return _report(summary, started=started)
 
 
+def _skip_reason(
+    state: MailboxState, config: MailboxConfig, settings: Settings, now: float
+) -> StopReason | None:
+    """Reasons not to log in at all this time; each is logged and counted."""
+    if (
+        state.auth_failures >= settings.auth_failure_limit
+        and state.auth_fingerprint == config.fingerprint()
+    ):
+        metrics.add_metric(name="LoginSuspended", unit=MetricUnit.Count, value=1)
+        logger.error(
+            "login suspended after repeated failures; update the secret to resume",
+            extra={"consecutive_failures": state.auth_failures},
+        )
+        return StopReason.AUTH_SUSPENDED
+    if now < state.backoff_until:
+        logger.info("backing off as the server asked", extra={"until": state.backoff_until})
+        return StopReason.BACKOFF
+    if config.interval_minutes and now < state.last_attempt + config.interval_minutes * 60 - 30:
+        logger.info("not due yet", extra={"interval_minutes": config.interval_minutes})
+        return StopReason.NOT_DUE
+    return None
+
+
+def _busy_backoff(code: str, streak: int) -> float:
+    # In use: another client is draining it, try again soon. Temporary
+    # failures and login delays: back off harder, up to an hour.
+    base, cap = (30.0, 600.0) if code == "IN-USE" else (120.0, 3600.0)
+    return float(min(cap, base * 2 ** (streak - 1)))
+
+
+def _save(states: S3StateStore, config: MailboxConfig, state: MailboxState) -> None:
+    try:
+        states.save(config.mailbox, state)
+    except Pop3IngestError as exc:
+        # Mail is safe either way; losing the memory costs repeats, not messages.
+        metrics.add_metric(name="StateNotSaved", unit=MetricUnit.Count, value=1)
+        logger.error("run state not saved", extra={"error": str(exc)})
+
+
 def _report(summary: RunSummary, *, started: float, busy_code: str | None = None) -> dict[str, Any]:
-    deleted = summary.deleted
     for name, value, unit in (
         ("MessagesStored", summary.stored, MetricUnit.Count),
         ("MessagesAlreadyStored", summary.already_stored, MetricUnit.Count),
-        ("MessagesDeleted", deleted, MetricUnit.Count),
+        ("MessagesDeleted", summary.deleted, MetricUnit.Count),
         ("MessagesFailed", summary.failed, MetricUnit.Count),
         ("BytesStored", summary.bytes_stored, MetricUnit.Bytes),
         ("MessagesLeftOnServer", summary.left_on_server, MetricUnit.Count),
         ("MessagesOversized", summary.oversized, MetricUnit.Count),
+        ("MessagesQuarantined", summary.quarantined, MetricUnit.Count),
+        ("MessagesReappeared", summary.reappeared, MetricUnit.Count),
     ):
         metrics.add_metric(name=name, unit=unit, value=value)
     if summary.stopped is StopReason.COMPLETED:
@@ -166,10 +267,13 @@ def _report(summary: RunSummary, *, started: float, busy_code: str | None = None
         "stored": summary.stored,
         "already_stored": summary.already_stored,
         "announced": summary.announced,
-        "deleted": deleted,
+        "deleted": summary.deleted,
         "failed": summary.failed,
         "bytes": summary.bytes_stored,
         "oversized": summary.oversized,
+        "quarantined": summary.quarantined,
+        "in_quarantine": summary.in_quarantine,
+        "reappeared": summary.reappeared,
         "left_on_server": summary.left_on_server,
         "sessions": summary.sessions,
         "stopped": summary.stopped.value,

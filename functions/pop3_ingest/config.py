@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ class TlsMode(StrEnum):
 
 DEFAULT_PORTS = {TlsMode.IMPLICIT: 995, TlsMode.STARTTLS: 110, TlsMode.NONE: 110}
 
-_MAILBOX_NAME = re.compile(r"^[A-Za-z0-9._@+-]{1,128}$")
+_MAILBOX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 _SECRET_FIELDS = {
     "host",
     "port",
@@ -31,6 +32,7 @@ _SECRET_FIELDS = {
     "mailbox",
     "delete",
     "max_message_size",
+    "interval_minutes",
 }
 DEFAULT_MAX_MESSAGE_SIZE = 150 * 1024 * 1024  # above every big provider's own limit
 
@@ -46,6 +48,13 @@ class MailboxConfig:
     delete: bool = True
     ca_cert: str | None = None
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    interval_minutes: int = 0  # 0: every time the function is invoked
+
+    def fingerprint(self) -> str:
+        """Changes whenever the login settings change (a rotated secret, say)."""
+        material = "\x00".join((self.host, str(self.port), self.tls.value, self.username))
+        material += "\x00" + self.password
+        return hashlib.sha256(material.encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         # The password must never reach a log line through a repr.
@@ -123,6 +132,17 @@ class MailboxConfig:
                 "max_message_size",
             )
 
+        interval = data.get("interval_minutes", 0)
+        if (
+            isinstance(interval, bool)
+            or not isinstance(interval, int)
+            or not 0 <= interval <= 10080
+        ):
+            raise SecretError(
+                "mailbox secret field 'interval_minutes' must be an integer from 0 to 10080",
+                "interval_minutes",
+            )
+
         mailbox_raw = data.get("mailbox")
         if mailbox_raw is None:
             mailbox = derive_mailbox_name(username, host)
@@ -131,7 +151,7 @@ class MailboxConfig:
         else:
             raise SecretError(
                 "mailbox secret field 'mailbox' must be 1-128 characters of "
-                "letters, digits and . _ @ + -",
+                "letters, digits and . _ @ + -, starting with a letter or digit",
                 "mailbox",
             )
         return cls(
@@ -144,6 +164,7 @@ class MailboxConfig:
             delete=delete,
             ca_cert=ca_cert,
             max_message_size=max_size,
+            interval_minutes=interval,
         )
 
 
@@ -151,6 +172,8 @@ def derive_mailbox_name(username: str, host: str) -> str:
     """A stable, key-safe name from user and host (``alice@example.com@pop.example.com``)."""
     raw = f"{username}@{host}".lower()
     safe = re.sub(r"[^a-z0-9._@+-]", "_", raw)
+    if not safe[0].isalnum():
+        safe = "m" + safe
     return safe[:128]
 
 
@@ -188,6 +211,8 @@ class Settings:
     upload_workers: int = 8
     commit_every_messages: int = 250
     commit_every_bytes: int = 256 * 1024 * 1024
+    poison_threshold: int = 3
+    auth_failure_limit: int = 3
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -214,6 +239,8 @@ class Settings:
             upload_workers=_int_env(env, "UPLOAD_WORKERS", 8, minimum=1),
             commit_every_messages=_int_env(env, "COMMIT_EVERY_MESSAGES", 250, minimum=1),
             commit_every_bytes=_int_env(env, "COMMIT_EVERY_BYTES", 256 * 1024 * 1024, minimum=1),
+            poison_threshold=_int_env(env, "POISON_THRESHOLD", 3, minimum=1),
+            auth_failure_limit=_int_env(env, "AUTH_FAILURE_LIMIT", 3, minimum=1),
         )
 
 

@@ -30,6 +30,7 @@ from typing import Any, Literal, Protocol
 from pop3_ingest.errors import (
     AnnounceError,
     ConnectionLost,
+    MailboxBusy,
     Pop3IngestError,
     ProtocolError,
     StoreError,
@@ -41,8 +42,10 @@ from pop3_ingest.message import (
     StoredObject,
     object_key,
     parse_header_fields,
+    uidl_digest,
 )
 from pop3_ingest.pop3 import ServerMessage
+from pop3_ingest.state import Failure, MailboxState
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +85,15 @@ class Session(Mailbox, AbstractContextManager["Session"], Protocol):
     @property
     def quit_ok(self) -> bool | None: ...
 
+    def abandon(self) -> None:
+        """End the session without QUIT: the server forgets its DELEs."""
+        ...
+
+    @property
+    def login_delay(self) -> int:
+        """Seconds the server wants between logins (RFC 2449 LOGIN-DELAY)."""
+        ...
+
 
 class MessageStore(Protocol):
     bucket: str
@@ -111,6 +123,9 @@ class StopReason(StrEnum):
     QUEUE_UNAVAILABLE = "queue_unavailable"
     CONNECTION_LOST = "connection_lost"
     BUSY = "busy"
+    BACKOFF = "backoff"
+    NOT_DUE = "not_due"
+    AUTH_SUSPENDED = "auth_suspended"
 
 
 @dataclass(frozen=True)
@@ -127,6 +142,8 @@ class IngestOptions:
     stream_threshold: int = 8 * MIB
     commit_every_messages: int = 250
     commit_every_bytes: int = 256 * MIB
+    # Failures in a row (across runs) after which a message is quarantined.
+    poison_threshold: int = 3
 
 
 @dataclass
@@ -169,6 +186,10 @@ class RunSummary:
     deleted: int = 0  # committed by a successful QUIT
     failed: int = 0
     oversized: int = 0
+    quarantined: int = 0  # newly quarantined in this run
+    in_quarantine: int = 0  # on the server and skipped because quarantined
+    reappeared: int = 0  # deleted before, listed again: not announced again
+    redeleted: int = 0  # announced in an earlier session, deleted now without RETR
     bytes_stored: int = 0
     sessions: int = 0
     stopped: StopReason = StopReason.COMPLETED
@@ -210,14 +231,19 @@ class MailboxIngest:
         announcer: Announcer,
         deadline: Deadline,
         options: IngestOptions | None = None,
+        state: MailboxState | None = None,
+        on_quarantine: Callable[[ServerMessage, Failure], None] | None = None,
     ) -> None:
         self.mailbox_name = mailbox_name
+        self.state = state or MailboxState()
+        self._on_quarantine = on_quarantine
         self._connect = connect
         self._store = store
         self._announcer = announcer
         self._deadline = deadline
         self._options = options or IngestOptions()
         self._handled: set[str] = set()  # UIDLs this run is done with, whatever the outcome
+        self.login_delay = 0
         self._queue_failures = 0
         self._taken = 0
 
@@ -232,12 +258,24 @@ class MailboxIngest:
         try:
             while True:
                 session = self._connect()
-                summary.sessions += 1
-                with session:
-                    more = _SessionRun(self, session, pool, summary, first).run()
+                try:
+                    with session:
+                        summary.sessions += 1
+                        self.login_delay = session.login_delay
+                        more = _SessionRun(self, session, pool, summary, first).run()
+                        if more.abandon:
+                            session.abandon()
+                except MailboxBusy as exc:
+                    # Only login raises it. On a later session of this run (after a
+                    # commit) what was committed stays committed; the rest waits.
+                    if first:
+                        raise
+                    logger.warning("mailbox busy on reconnect", extra={"code": exc.code})
+                    summary.stopped = StopReason.BUSY
+                    return summary
                 first = False
                 if session.quit_ok:
-                    summary.deleted += more.marked
+                    self._committed(summary, more.marked)
                 if more.stop is not None:
                     summary.stopped = more.stop
                     return summary
@@ -250,7 +288,18 @@ class MailboxIngest:
             pool.shutdown(wait=not out_of_time, cancel_futures=True)
             self._announce_pool.shutdown(wait=not out_of_time, cancel_futures=True)
 
-    def _fail(self, summary: RunSummary, message: ServerMessage, reason: str) -> None:
+    def _committed(self, summary: RunSummary, marked: list[ServerMessage]) -> None:
+        now = time.time()
+        for message in marked:
+            digest = uidl_digest(message.uidl)
+            self.state.seen.pop(digest, None)
+            self.state.deleted[digest] = now
+        summary.deleted += len(marked)
+
+    def _fail(
+        self, summary: RunSummary, message: ServerMessage, reason: str, *, poison: bool = True
+    ) -> None:
+        """One message failed: it stays on the server; repeated failures quarantine it."""
         summary.failed += 1
         if len(summary.failures) < 20:
             summary.failures.append({"uidl": message.uidl[:80], "error": reason[:300]})
@@ -258,13 +307,31 @@ class MailboxIngest:
             "message left on server",
             extra={"message_number": message.number, "size": message.size, "error": reason},
         )
+        if not poison:
+            return
+        digest = uidl_digest(message.uidl)
+        if self.state.record_failure(digest, reason, self._options.poison_threshold, time.time()):
+            summary.quarantined += 1
+            failure = self.state.quarantined[digest]
+            logger.error(
+                "message quarantined after repeated failures; left on server",
+                extra={"message_number": message.number, "failures": failure.count},
+            )
+            if self._on_quarantine is not None:
+                try:
+                    self._on_quarantine(message, failure)
+                except Pop3IngestError as exc:
+                    logger.error("quarantine record not written", extra={"error": str(exc)})
 
 
 @dataclass
 class _SessionOutcome:
-    marked: int = 0
+    marked: list[ServerMessage] = field(default_factory=list)
     stop: StopReason | None = None
     commit_and_continue: bool = False
+    # A retrieved message failed: end without QUIT so that servers which mark
+    # retrieved mail as read at QUIT (Gmail) do not hide it from the next run.
+    abandon: bool = False
 
 
 class _SessionRun:
@@ -325,9 +392,20 @@ class _SessionRun:
                 "connection lost; no deletion of this session counts", extra={"error": str(exc)}
             )
             self.outcome.stop = StopReason.CONNECTION_LOST
-            self.outcome.marked = 0
+            self.outcome.marked = []
             self._settle_after_loss()
+            return self.outcome
+        if self.outcome.abandon:
+            self.outcome.marked = []
+            logger.warning("a retrieved message failed; session ends without QUIT")
+            if self.outcome.stop is None:
+                self.outcome.commit_and_continue = True
         return self.outcome
+
+    def _abandon(self) -> None:
+        """Stop taking messages; finish what is in flight; no QUIT at the end."""
+        self.outcome.abandon = True
+        self.fetching = False
 
     def _wind_down(self) -> None:
         """Out of time: read what is in the pipe, delete what is confirmed, and go.
@@ -351,14 +429,35 @@ class _SessionRun:
         messages = self.mailbox.list_messages()
         if self.first:
             self.summary.messages_on_server = len(messages)
+        state = self.run_.state
+        if self.first:
+            state.forget_absent({uidl_digest(m.uidl) for m in messages}, time.time())
         seen: set[str] = set()
         for message in messages:
+            digest = uidl_digest(message.uidl)
+            if digest in state.quarantined:
+                self.summary.in_quarantine += self.first
+                continue
+            if digest in state.deleted:
+                # Its deletion was committed before, yet here it is (Gmail
+                # archiving, servers that ignore DELE): never announce it twice.
+                self.summary.reappeared += self.first
+                continue
+            if digest in state.seen:
+                # Stored and announced by an earlier session: only the DELE is missing.
+                if self.opts.delete and message.uidl not in seen:
+                    seen.add(message.uidl)
+                    self.to_delete.append(message)
+                    self.summary.redeleted += 1
+                continue
             if message.uidl in self.run_._handled:
                 continue
             if message.uidl in seen:
                 # Two messages with one UIDL would share a key; the twin waits
                 # for a later session, where it is no longer a twin.
-                self.run_._fail(self.summary, message, "duplicate UIDL in listing; left for later")
+                self.run_._fail(
+                    self.summary, message, "duplicate UIDL in listing; left for later", poison=False
+                )
                 self.run_._handled.add(message.uidl)
                 continue
             seen.add(message.uidl)
@@ -381,6 +480,8 @@ class _SessionRun:
         def room() -> bool:
             return (pending_answers + len(commands)) < self.window
 
+        if self.outcome.abandon:
+            self.to_delete.clear()  # void anyway; the next session deletes them
         # DELEs first: they free the server's memory of what is done.
         while self.to_delete and room():
             message = self.to_delete.popleft()
@@ -420,9 +521,13 @@ class _SessionRun:
             self.sent_bytes_in_flight() + message.size, queued, self.opts.upload_workers
         ):
             return StopReason.DEADLINE
-        if self.sent_retr and (
-            self.sent_retr >= opts.commit_every_messages
-            or self.sent_bytes + message.size > opts.commit_every_bytes
+        if (
+            self.sent_retr
+            and not self.mailbox.login_delay
+            and (
+                self.sent_retr >= opts.commit_every_messages
+                or self.sent_bytes + message.size > opts.commit_every_bytes
+            )
         ):
             return "commit"
         return None
@@ -442,7 +547,7 @@ class _SessionRun:
             except ProtocolError as exc:
                 logger.warning("DELE refused; message stays", extra={"error": str(exc)})
                 return
-            self.outcome.marked += 1
+            self.outcome.marked.append(message)
             return
         try:
             stream = self.mailbox.read_retr(message)
@@ -460,8 +565,11 @@ class _SessionRun:
             started = time.monotonic()
             try:
                 data = stream.read_all()
-            except ConnectionLost:
+            except ConnectionLost as exc:
+                # Possibly this message's fault (a server that chokes on it):
+                # counted, so a message that always breaks the line is quarantined.
                 self._release(message)
+                self.run_._fail(self.summary, message, str(exc))
                 raise
             except ProtocolError as exc:  # grew far past its LIST size
                 self._release(message)
@@ -507,6 +615,7 @@ class _SessionRun:
             if not stream.finished:
                 stream.drain()
             self.run_._fail(self.summary, message, str(exc))
+            self._abandon()
             return
         except ProtocolError as exc:
             self.run_._fail(self.summary, message, str(exc))
@@ -514,6 +623,7 @@ class _SessionRun:
         if not stream.finished:
             stream.drain()
             self.run_._fail(self.summary, message, "store returned before the end of message")
+            self._abandon()
             return
         self.run_._deadline.observe(reader.size, time.monotonic() - started)
         if not new:
@@ -522,6 +632,7 @@ class _SessionRun:
                 # Rare (a reused UIDL on a big message): leave it for a later
                 # run rather than hold a second copy of it in memory here.
                 self.run_._fail(self.summary, message, f"{key} holds other content")
+                self._abandon()
                 return
         record = StoredMessage(
             bucket=self.run_._store.bucket,
@@ -567,6 +678,7 @@ class _SessionRun:
                     stored = future.result()
                 except Pop3IngestError as exc:
                     self.run_._fail(self.summary, message, str(exc))
+                    self._abandon()
                     continue
                 self._stored(stored)
             else:
@@ -605,15 +717,22 @@ class _SessionRun:
         except AnnounceError as exc:
             self.run_._queue_failures += 1
             for stored in batch:
-                self.run_._fail(self.summary, stored.message, str(exc))
+                # The queue failing is not the message's fault: no poison count.
+                self.run_._fail(self.summary, stored.message, str(exc), poison=False)
+            self._abandon()
             return
         self.run_._queue_failures = 0
+        state = self.run_.state
         for index, stored in enumerate(batch):
             if index in failed:
                 self.run_._fail(self.summary, stored.message, "SQS rejected the pointer")
+                self._abandon()
                 continue
             self.summary.announced += 1
-            if self.opts.delete:
+            digest = uidl_digest(stored.message.uidl)
+            state.record_success(digest)
+            state.seen[digest] = time.time()
+            if self.opts.delete and not self.outcome.abandon:
                 self.to_delete.append(stored.message)
 
     def _release(self, message: ServerMessage) -> None:

@@ -14,7 +14,8 @@ POINTER_VERSION = 1
 # Headers end at the first empty line; we never keep more than this of them.
 _HEADER_LIMIT = 64 * 1024
 _FIELD_LIMIT = 1000
-_SAFE_MAILBOX = re.compile(r"^[A-Za-z0-9._@+-]{1,128}$")
+# Starts with a letter or digit, so "_state/" and "_quarantine/" never collide.
+_SAFE_MAILBOX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
 
 
 class Readable(Protocol):
@@ -30,8 +31,12 @@ def object_key(prefix: str, mailbox: str, uidl: str) -> str:
     """
     if not _SAFE_MAILBOX.match(mailbox):
         raise ValueError(f"unsafe mailbox name {mailbox!r}")
-    digest = hashlib.sha256(uidl.encode("latin-1", "replace")).hexdigest()[:40]
-    return f"{prefix}{mailbox}/{digest}.eml"
+    return f"{prefix}{mailbox}/{uidl_digest(uidl)}.eml"
+
+
+def uidl_digest(uidl: str) -> str:
+    """A fixed-length, key-safe stand-in for a UIDL (any server text)."""
+    return hashlib.sha256(uidl.encode("latin-1", "replace")).hexdigest()[:40]
 
 
 class CapturingReader:

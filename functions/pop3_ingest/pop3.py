@@ -247,6 +247,11 @@ class Pop3Mailbox:
         else:
             self._close_quietly()
 
+    def abandon(self) -> None:
+        """Close without QUIT: the server forgets this session's DELEs (RFC 1939)."""
+        self.quit_ok = False
+        self._close_quietly()
+
     def quit(self) -> None:
         client = self._require_client()
         try:
@@ -382,6 +387,12 @@ class Pop3Mailbox:
                 raise ProtocolError(f"LIST gave no valid size for message {number}")
             messages.append(ServerMessage(number=number, uidl=uidl, size=int(size_text)))
         return sorted(messages, key=lambda m: m.number)
+
+    @property
+    def login_delay(self) -> int:
+        """RFC 2449 LOGIN-DELAY: seconds the server wants between logins (0 if none)."""
+        values = self.capabilities.get("LOGIN-DELAY", [])
+        return int(values[0]) if values and values[0].isdigit() else 0
 
     @property
     def pipelining(self) -> bool:

@@ -67,6 +67,13 @@ class Harness:
         finally:
             client.quit()
 
+    def mail_keys(self) -> list[str]:
+        """Stored messages only (not the run state or quarantine records)."""
+        return [key for key in self.aws.keys() if "/_" not in key]
+
+    def mail_objects(self) -> dict[str, bytes]:
+        return {k: v for k, v in self.aws.objects().items() if "/_" not in k}
+
     def key_for(self, uidl: str, mailbox: str) -> str:
         from pop3_ingest.message import object_key
 

@@ -53,6 +53,7 @@ class FakeMailbox:
 
     messages: dict[str, bytes]
     pipelining: bool = True
+    login_delay: int = 0
     refuse_retr: set[str] = field(default_factory=set)
     cut_retr: dict[str, int] = field(default_factory=dict)
     log: list[str] = field(default_factory=list)
@@ -87,6 +88,10 @@ class FakeMailbox:
         self.marked.clear()
         self.quit_ok = True
         self.log.append("QUIT")
+
+    def abandon(self) -> None:
+        self._broken = True
+        self.log.append("ABANDON")
 
     def list_messages(self) -> list[ServerMessage]:
         self._numbers = dict(enumerate(self.messages, start=1))

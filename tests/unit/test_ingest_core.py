@@ -8,6 +8,7 @@ import pytest
 
 from pop3_ingest.ingest import Deadline, IngestOptions, MailboxIngest, RunSummary, StopReason
 from pop3_ingest.pop3 import ServerMessage
+from pop3_ingest.state import MailboxState
 
 from .fakes import FakeMailbox, FakeQueue, FakeStore
 
@@ -22,6 +23,8 @@ def run(
     queue: FakeQueue | None = None,
     *,
     remaining_ms: int = 600_000,
+    state: MailboxState | None = None,
+    quarantined: list[str] | None = None,
     **options: object,
 ) -> tuple[RunSummary, FakeStore, FakeQueue]:
     store = store or FakeStore()
@@ -33,6 +36,10 @@ def run(
         announcer=queue,
         deadline=Deadline(lambda: remaining_ms, margin_seconds=10),
         options=IngestOptions(**options),  # type: ignore[arg-type]
+        state=state,
+        on_quarantine=(lambda m, f: quarantined.append(m.uidl))
+        if quarantined is not None
+        else None,
     )
     return ingest.run(), store, queue
 
@@ -238,3 +245,114 @@ def test_keys_never_contain_server_text(uidl: str) -> None:
     tail = key.removeprefix("mail/box/")
     assert tail.removesuffix(".eml").isalnum()
     assert queue.sent[0]["uidl"] == uidl
+
+
+def test_failed_message_session_ends_without_quit_and_others_are_deleted_next_session() -> None:
+    # Gmail marks what was retrieved in a session ending with QUIT as read:
+    # a session in which a retrieved message failed must not QUIT.
+    mailbox = FakeMailbox({"a": msg(1), "b": msg(2, b"POISON"), "c": msg(3)}, pipelining=False)
+    summary, _, queue = run(mailbox, FakeStore(fail_when_containing={b"POISON"}))
+    assert "ABANDON" in mailbox.log
+    first_quit = mailbox.log.index("QUIT")
+    assert mailbox.log.index("ABANDON") < first_quit
+    # The second session deletes a and c without downloading them again.
+    assert mailbox.log.count("RETR a") == 1
+    assert list(mailbox.messages) == ["b"]
+    assert summary.redeleted >= 1
+    assert len(queue.sent) == 2
+
+
+def test_repeatedly_failing_message_is_quarantined_and_then_skipped() -> None:
+    state = MailboxState()
+    store = FakeStore(fail_when_containing={b"POISON"})
+    quarantined: list[str] = []
+    mailbox = FakeMailbox({"ok": msg(1), "bad": msg(2, b"POISON")})
+    for attempt in range(1, 4):
+        summary, _, _ = run(
+            mailbox, store, state=state, quarantined=quarantined, poison_threshold=3
+        )
+        assert summary.quarantined == (1 if attempt == 3 else 0)
+    assert quarantined == ["bad"]
+    mailbox.log.clear()
+    summary, _, _ = run(mailbox, store, state=state, poison_threshold=3)
+    assert "RETR bad" not in mailbox.log
+    assert summary.in_quarantine == 1
+    assert list(mailbox.messages) == ["bad"]  # left on the server, never deleted
+    assert state.release(next(iter(state.quarantined)))
+    assert not state.quarantined
+
+
+def test_success_resets_the_failure_count() -> None:
+    state = MailboxState()
+    mailbox = FakeMailbox({"flaky": msg(1, b"POISON")})
+    run(mailbox, FakeStore(fail_when_containing={b"POISON"}), state=state, poison_threshold=3)
+    assert sum(f.count for f in state.failures.values()) == 1
+    run(mailbox, FakeStore(), state=state, poison_threshold=3)
+    assert not state.failures
+    assert mailbox.messages == {}
+
+
+def test_keep_on_server_announces_each_message_exactly_once_across_runs() -> None:
+    state = MailboxState()
+    mailbox = FakeMailbox({"a": msg(1), "b": msg(2)})
+    store, queue = FakeStore(), FakeQueue()
+    run(mailbox, store, queue, state=state, delete=False)
+    run(mailbox, store, queue, state=state, delete=False)
+    assert sorted(p["uidl"] for p in queue.sent) == ["a", "b"]
+    mailbox.messages["c"] = msg(3)  # arrives later: picked up once
+    run(mailbox, store, queue, state=state, delete=False)
+    run(mailbox, store, queue, state=state, delete=False)
+    assert sorted(p["uidl"] for p in queue.sent) == ["a", "b", "c"]
+    assert len(mailbox.messages) == 3
+    assert mailbox.log.count("RETR a") == 1
+
+
+def test_memory_of_handled_uidls_is_pruned_when_they_leave_the_server() -> None:
+    state = MailboxState()
+    mailbox = FakeMailbox({"a": msg(1), "b": msg(2)})
+    run(mailbox, state=state, delete=False)
+    assert len(state.seen) == 2
+    del mailbox.messages["a"]
+    run(mailbox, state=state, delete=False)
+    assert len(state.seen) == 1
+
+
+def test_reappearing_message_after_committed_delete_is_not_announced_again() -> None:
+    state = MailboxState()
+    mailbox = FakeMailbox({"a": msg(1)})
+    store, queue = FakeStore(), FakeQueue()
+    run(mailbox, store, queue, state=state)
+    assert mailbox.messages == {}
+    mailbox.messages["a"] = msg(1)  # a server whose DELE did not delete
+    summary, _, _ = run(mailbox, store, queue, state=state)
+    assert summary.reappeared == 1
+    assert len(queue.sent) == 1
+    assert mailbox.log.count("RETR a") == 1
+
+
+def test_after_a_lost_connection_announced_messages_are_deleted_without_a_second_pointer() -> None:
+    state = MailboxState()
+    mailbox = FakeMailbox(
+        {"a": msg(1), "b": msg(2), "c": msg(3)}, cut_retr={"c": 5}, pipelining=False
+    )
+    store, queue = FakeStore(), FakeQueue()
+    first, _, _ = run(mailbox, store, queue, state=state)
+    assert first.stopped is StopReason.CONNECTION_LOST
+    announced_first = len(queue.sent)
+    assert announced_first >= 1
+    mailbox.cut_retr.clear()
+    second, _, _ = run(mailbox, store, queue, state=state)
+    assert mailbox.messages == {}
+    assert second.redeleted == announced_first
+    assert sorted(p["uidl"] for p in queue.sent) == ["a", "b", "c"]  # no duplicates
+
+
+def test_state_round_trips_through_json() -> None:
+    state = MailboxState()
+    state.seen["d1"] = 1.0
+    state.deleted["d2"] = 2.0
+    state.record_failure("d3", "boom", threshold=3, now=3.0)
+    state.auth_failures = 2
+    again = MailboxState.from_json(state.to_json())
+    assert again == state
+    assert MailboxState.from_json({"version": 999}) == MailboxState()

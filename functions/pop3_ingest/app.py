@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -12,6 +13,8 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
@@ -25,6 +28,7 @@ from pop3_ingest.errors import (
     ConfigError,
     ConnectError,
     ConnectionLost,
+    JobError,
     MailboxBusy,
     Pop3IngestError,
     SecretError,
@@ -82,13 +86,34 @@ def state_store(settings: Settings) -> S3StateStore:
     return S3StateStore(aws_clients().s3_state, settings.bucket, settings.key_prefix)
 
 
+# Jobs from the dispatcher's FIFO queue; a failed record blocks the rest of
+# its message group, as FIFO order requires.
+job_processor = SqsFifoPartialProcessor()
+
+# Failures that belong to one mailbox: recorded in its state, logged and
+# counted, and tried again at the next dispatch. Anything else fails the job,
+# which SQS redelivers and finally moves to the jobs DLQ.
+_MAILBOX_ERRORS = (AuthError, TlsError, ConnectError, ConnectionLost, ConfigError, SecretError)
+
+
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if isinstance(event, dict) and isinstance(event.get("Records"), list):
+        response = process_partial_response(
+            event=event, record_handler=_run_job, processor=job_processor, context=context
+        )
+        return dict(response)
+    override = event.get("secret_id") if isinstance(event, dict) else None
+    return _run_one(override, context)
+
+
+def _run_one(secret_override: object, context: LambdaContext) -> dict[str, Any]:
+    """One mailbox: the given secret, else SECRET_ID."""
     try:
         settings = Settings.from_env()
-        config = load_mailbox_config(_secret_id(event, settings))
+        config = load_mailbox_config(_choose_secret(secret_override, settings))
     except (ConfigError, SecretError) as exc:
         metrics.add_metric(name="ConfigInvalid", unit=MetricUnit.Count, value=1)
         logger.error("configuration error", extra={"error": str(exc)})
@@ -98,14 +123,30 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     return fetch_mailbox(config, settings, context)
 
 
-def _secret_id(event: object, settings: Settings) -> str:
-    override = event.get("secret_id") if isinstance(event, dict) else None
+def _choose_secret(override: object, settings: Settings) -> str:
     if override is not None and (not isinstance(override, str) or not override.strip()):
         raise ConfigError("event field 'secret_id' must be a non-empty string")
     secret_id = override or settings.secret_id
     if not secret_id:
         raise ConfigError("no mailbox secret: set SECRET_ID or pass 'secret_id' in the event")
     return secret_id
+
+
+def _run_job(record: SQSRecord) -> dict[str, Any]:
+    try:
+        job = json.loads(record.body)
+    except ValueError as exc:
+        raise JobError(f"job {record.message_id} is not JSON") from exc
+    if not isinstance(job, dict) or not isinstance(job.get("secret_id"), str):
+        raise JobError(f"job {record.message_id} has no 'secret_id' string")
+    try:
+        return _run_one(job["secret_id"], job_processor.lambda_context)
+    except _MAILBOX_ERRORS as exc:
+        return {"secret_id": job["secret_id"], "error": type(exc).__name__, "detail": str(exc)}
+    finally:
+        # One mailbox per record: its metrics go out under its own dimension.
+        metrics.flush_metrics()
+        logger.remove_keys(["mailbox"])
 
 
 @tracer.capture_method

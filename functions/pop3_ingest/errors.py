@@ -69,3 +69,7 @@ class StoreError(Pop3IngestError):
 
 class AnnounceError(Pop3IngestError):
     """A pointer could not be sent to SQS (after the SDK's retries)."""
+
+
+class JobError(Pop3IngestError):
+    """A job from the dispatcher's queue is malformed."""

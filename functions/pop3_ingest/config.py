@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from pop3_ingest.errors import ConfigError, SecretError
+from pop3_ingest.oauth import OAuthSettings
 
 
 class TlsMode(StrEnum):
@@ -33,7 +34,10 @@ _SECRET_FIELDS = {
     "delete",
     "max_message_size",
     "interval_minutes",
+    "sasl",
+    "auth",
 }
+SASL_CHOICES = ("auto", "user", "plain", "xoauth2", "xoauth2-oneline")
 DEFAULT_MAX_MESSAGE_SIZE = 150 * 1024 * 1024  # above every big provider's own limit
 
 
@@ -49,11 +53,15 @@ class MailboxConfig:
     ca_cert: str | None = None
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     interval_minutes: int = 0  # 0: every time the function is invoked
+    sasl: str = "auto"
+    oauth: OAuthSettings | None = None
 
     def fingerprint(self) -> str:
         """Changes whenever the login settings change (a rotated secret, say)."""
         material = "\x00".join((self.host, str(self.port), self.tls.value, self.username))
         material += "\x00" + self.password
+        if self.oauth is not None:
+            material += "\x00" + "\x00".join(self.oauth.secret_values()) + self.oauth.client_id
         return hashlib.sha256(material.encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
@@ -79,7 +87,22 @@ class MailboxConfig:
         if any(c.isspace() for c in host) or "/" in host:
             raise SecretError("mailbox secret field 'host' must be a bare host name", "host")
         username = _required_str(data, "username")
-        password = _required_str(data, "password")
+        oauth = OAuthSettings.from_secret(data["auth"]) if "auth" in data else None
+        # With OAuth2 the token is the credential; a password is optional.
+        password = _required_str(data, "password") if oauth is None or "password" in data else ""
+        sasl = data.get("sasl", "xoauth2" if oauth else "auto")
+        if sasl not in SASL_CHOICES:
+            raise SecretError(
+                f"mailbox secret field 'sasl' must be one of {', '.join(SASL_CHOICES)}", "sasl"
+            )
+        if sasl.startswith("xoauth2") and oauth is None:
+            raise SecretError(
+                "mailbox secret field 'sasl' is xoauth2 but 'auth' is missing", "auth"
+            )
+        if oauth is not None and not sasl.startswith("xoauth2"):
+            raise SecretError(
+                "with 'auth' (OAuth2), 'sasl' must be xoauth2 or xoauth2-oneline", "sasl"
+            )
 
         tls_raw = data.get("tls", TlsMode.IMPLICIT.value)
         if not isinstance(tls_raw, str):
@@ -165,6 +188,8 @@ class MailboxConfig:
             ca_cert=ca_cert,
             max_message_size=max_size,
             interval_minutes=interval,
+            sasl=sasl,
+            oauth=oauth,
         )
 
 

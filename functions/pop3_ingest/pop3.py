@@ -29,6 +29,8 @@ from pop3_ingest.errors import (
     ProtocolError,
     TlsError,
 )
+from pop3_ingest.oauth import TokenProvider
+from pop3_ingest.sasl import auth_plain, auth_xoauth2, supported_mechanisms
 
 BUSY_CODES = frozenset({"IN-USE", "LOGIN-DELAY", "SYS/TEMP"})
 _RESP_CODE = re.compile(rb"^-ERR \[([A-Za-z0-9/\-]+)\]")
@@ -345,10 +347,24 @@ class Pop3Mailbox:
 
     def _login(self, client: poplib.POP3) -> None:
         cfg = self._config
+        token_provider = TokenProvider(cfg.oauth) if cfg.oauth is not None else None
+        token = ""
         try:
-            client.user(cfg.username)
-            client.pass_(cfg.password)
+            if token_provider is not None:
+                token = token_provider.token()
+                auth_xoauth2(client, cfg.username, token, two_step=cfg.sasl == "xoauth2")
+            elif cfg.sasl == "plain" or (
+                cfg.sasl == "auto"
+                and "PLAIN" in supported_mechanisms(self.capabilities)
+                and "USER" not in self.capabilities
+            ):
+                auth_plain(client, cfg.username, cfg.password)
+            else:
+                client.user(cfg.username)
+                client.pass_(cfg.password)
         except poplib.error_proto as exc:
+            if token_provider is not None:
+                token_provider.invalidate(token)  # the next attempt fetches a fresh one
             raw = exc.args[0] if exc.args and isinstance(exc.args[0], bytes) else b""
             code = response_code(raw)
             if code in BUSY_CODES:

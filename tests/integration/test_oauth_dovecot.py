@@ -10,6 +10,7 @@ from __future__ import annotations
 import poplib
 import ssl
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from tests.support.corpus import simple_message
@@ -189,3 +190,62 @@ def test_long_password_uses_the_two_step_plain_form(
     client = connect()
     assert sasl.auth_plain(client, "carol", password).startswith(b"+OK")
     client.quit()
+
+
+# -- through the real handler -------------------------------------------------
+
+
+def test_handler_fetches_with_oauth2_client_credentials(
+    server: DovecotServer, oauth: OAuthTestServer, aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.integration.conftest import Harness
+
+    harness = Harness(dovecot=server, aws=aws, monkeypatch=monkeypatch, user=USER)
+    secret = server.secret(USER, mailbox="m365")
+    secret.pop("password")
+    secret["auth"] = {
+        "type": "oauth2",
+        "token_url": oauth.token_url,
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "scope": MICROSOFT_365_SCOPE,
+    }
+    harness.configure(secret)
+    summary = harness.run()
+    assert summary["deleted"] == 3
+    assert server.message_count(USER) == 0
+    assert len(oauth.token_requests) == 1
+    # A second run reuses the cached token.
+    server.deliver(USER, simple_message(9))
+    assert harness.run()["deleted"] == 1
+    assert len(oauth.token_requests) == 1
+
+
+def test_handler_with_a_rejected_client_secret_is_a_clear_auth_error(
+    server: DovecotServer,
+    oauth: OAuthTestServer,
+    aws: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.integration.conftest import Harness
+
+    from pop3_ingest.errors import AuthError
+
+    harness = Harness(dovecot=server, aws=aws, monkeypatch=monkeypatch, user=USER)
+    secret = server.secret(USER, mailbox="m365")
+    secret.pop("password")
+    secret["auth"] = {
+        "type": "oauth2",
+        "token_url": oauth.token_url,
+        "client_id": CLIENT_ID,
+        "client_secret": "not-the-secret-XYZ",
+        "scope": MICROSOFT_365_SCOPE,
+    }
+    harness.configure(secret)
+    with pytest.raises(AuthError) as info:
+        harness.run()
+    assert "not-the-secret-XYZ" not in str(info.value)
+    out = capsys.readouterr()
+    assert "not-the-secret-XYZ" not in out.out + out.err
+    assert server.message_count(USER) == 3

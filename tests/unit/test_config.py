@@ -99,3 +99,48 @@ def test_settings_from_env() -> None:
 def test_bad_environment(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         Settings.from_env(env)
+
+
+OAUTH = {
+    "type": "oauth2",
+    "token_url": "https://login.example.com/token",
+    "client_id": "app",
+    "client_secret": "cs-123",
+    "scope": "https://outlook.office365.com/.default",
+}
+
+
+def test_oauth_secret_needs_no_password_and_defaults_to_two_step_xoauth2() -> None:
+    secret = {k: v for k, v in GOOD.items() if k != "password"} | {"auth": OAUTH}
+    cfg = MailboxConfig.from_secret(secret)
+    assert cfg.sasl == "xoauth2"
+    assert cfg.oauth is not None
+    assert "cs-123" not in repr(cfg)
+
+
+@pytest.mark.parametrize(
+    ("secret", "field", "fragment"),
+    [
+        ({**GOOD, "sasl": "xoauth2"}, "auth", "'auth' is missing"),
+        ({**GOOD, "sasl": "cram-md5"}, "sasl", "must be one of"),
+        ({**GOOD, "auth": OAUTH, "sasl": "plain"}, "sasl", "must be xoauth2"),
+        ({**GOOD, "auth": {**OAUTH, "token_url": "http://evil.example/t"}}, None, "https"),
+        ({**GOOD, "interval_minutes": -1}, "interval_minutes", "0 to 10080"),
+        ({**GOOD, "max_message_size": 10}, "max_message_size", "at least 1024"),
+    ],
+)
+def test_bad_login_settings(secret: dict[str, Any], field: str | None, fragment: str) -> None:
+    with pytest.raises(SecretError) as info:
+        MailboxConfig.from_secret(secret)
+    assert fragment in str(info.value)
+    if field is not None:
+        assert info.value.field == field
+    assert "cs-123" not in str(info.value)
+
+
+def test_fingerprint_changes_when_the_password_rotates() -> None:
+    first = MailboxConfig.from_secret(GOOD)
+    again = MailboxConfig.from_secret(dict(GOOD))
+    rotated = MailboxConfig.from_secret({**GOOD, "password": "new"})
+    assert first.fingerprint() == again.fingerprint() != rotated.fingerprint()
+    assert "s3cret" not in first.fingerprint()

@@ -42,6 +42,7 @@ from pop3_ingest.errors import (
     ConfigError,
     ConnectError,
     MailboxBusy,
+    Pop3IngestError,
     SecretError,
     TlsError,
 )
@@ -862,7 +863,93 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--json", action="store_true", help="print one JSON document")
     replay.set_defaults(handler=cmd_replay)
+
+    quarantine = commands.add_parser(
+        "quarantine",
+        help="list or release messages quarantined after repeated failures",
+        description=_QUARANTINE_DESCRIPTION,
+        epilog=_QUARANTINE_EPILOG,
+        formatter_class=_Formatter,
+    )
+    quarantine.add_argument("action", choices=("list", "release"), help="what to do")
+    quarantine.add_argument("--bucket", required=True, help="the mail bucket (BUCKET_NAME)")
+    quarantine.add_argument("--mailbox", required=True, help="mailbox name (secret 'mailbox')")
+    quarantine.add_argument(
+        "--digest",
+        metavar="HEX",
+        help="release only this message (its digest, as shown by 'list'); default: all",
+    )
+    quarantine.add_argument(
+        "--key-prefix", default="mail/", metavar="PREFIX", help="the function's KEY_PREFIX"
+    )
+    quarantine.add_argument("--json", action="store_true", help="print one JSON document")
+    quarantine.set_defaults(handler=cmd_quarantine)
     return parser
+
+
+_QUARANTINE_DESCRIPTION = """\
+A message that fails the same way POISON_THRESHOLD runs in a row is
+quarantined: it stays on the POP3 server, is no longer downloaded, and is
+described in <prefix>_quarantine/<mailbox>/<digest>.json. 'list' shows those
+records; 'release' removes them and clears the message from the mailbox's run
+state, so the next run tries it again. Run 'release' when the function is not
+running for that mailbox (its state is rewritten at the end of each run).
+"""
+
+_QUARANTINE_EPILOG = f"""\
+examples:
+  {PROG} quarantine list --bucket my-mail --mailbox support
+  {PROG} quarantine release --bucket my-mail --mailbox support --digest 3f2a...
+
+{_EXIT_CODES}"""
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from pop3_ingest.adapters.s3_state import S3StateStore
+
+    s3, _ = _aws_clients()
+    prefix = normalize_prefix(args.key_prefix)
+    store = S3StateStore(s3, args.bucket, prefix)
+    record_prefix = store.quarantine_prefix(args.mailbox)
+    try:
+        records: list[dict[str, Any]] = []
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=args.bucket, Prefix=record_prefix
+        ):
+            for item in page.get("Contents", []):
+                body = s3.get_object(Bucket=args.bucket, Key=item["Key"])["Body"].read()
+                digest = item["Key"].rsplit("/", 1)[-1].removesuffix(".json")
+                records.append({"digest": digest, **json.loads(body)})
+        if args.action == "list":
+            if args.json:
+                _print_json({"mailbox": args.mailbox, "quarantined": records})
+            elif not records:
+                print(f"no quarantined messages for {args.mailbox}")
+            for record in records if not args.json else []:
+                print(
+                    f"{record['digest']}  size={record.get('size')}  "
+                    f"failures={record.get('failures')}  error={record.get('error')}"
+                )
+            return EXIT_OK
+        chosen = [r for r in records if args.digest in (None, r["digest"])]
+        if args.digest and not chosen:
+            print(f"{PROG} quarantine: no quarantined message {args.digest}", file=sys.stderr)
+            return EXIT_FAILED
+        state = store.load(args.mailbox)
+        for record in chosen:
+            state.release(record["digest"])
+            s3.delete_object(
+                Bucket=args.bucket, Key=store.quarantine_key(args.mailbox, record["digest"])
+            )
+        store.save(args.mailbox, state)
+    except (ClientError, BotoCoreError, Pop3IngestError, ValueError) as exc:
+        _print_error("quarantine", exc, exit_code_for(exc), ())
+        return exit_code_for(exc)
+    if args.json:
+        _print_json({"mailbox": args.mailbox, "released": [r["digest"] for r in chosen]})
+    else:
+        print(f"released {len(chosen)} message(s) of {args.mailbox}; the next run retries them")
+    return EXIT_OK
 
 
 def _positive_float(text: str) -> float:

@@ -349,3 +349,52 @@ def test_replay_unknown_queue_exits_2_and_says_what_was_not_sent(
     assert "NonExistentQueue" in doc["error"]
     assert (doc["sent"], doc["not_sent"]) == (0, 2)
     assert harness.aws.receive_all() == []
+
+
+def test_quarantine_list_and_release_round_trip(
+    dovecot: Any, aws: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.integration.conftest import Harness
+    from tests.support import corpus
+
+    from pop3_ingest.app import aws_clients
+    from pop3_ingest.cli import main
+    from pop3_ingest.message import uidl_digest
+
+    harness = Harness(dovecot=dovecot, aws=aws, monkeypatch=monkeypatch)
+    dovecot.deliver(harness.user, corpus.simple(1).raw_for_maildir)
+    dovecot.deliver(harness.user, corpus.simple(2).raw_for_maildir)
+    harness.configure(dovecot.secret(harness.user, mailbox="q"), POISON_THRESHOLD="2")
+    poison_uidl = harness.server_listing()[1][0]
+    poison_key = harness.key_for(poison_uidl, "q")
+
+    def refuse(request: Any, **_: Any) -> None:
+        if poison_key in request.url:
+            from botocore.exceptions import EndpointConnectionError
+
+            raise EndpointConnectionError(endpoint_url=request.url)
+
+    client = aws_clients().s3
+    client.meta.events.register("before-send.s3.PutObject", refuse)
+    try:
+        first = harness.run()
+        second = harness.run()
+    finally:
+        client.meta.events.unregister("before-send.s3.PutObject", refuse)
+    assert first["quarantined"] == 0
+    assert second["quarantined"] == 1
+    third = harness.run()
+    assert third["in_quarantine"] == 1
+    assert dovecot.message_count(harness.user) == 1  # left on the server
+
+    capsys.readouterr()
+    assert main(["quarantine", "list", "--bucket", aws.bucket, "--mailbox", "q", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["quarantined"]
+    assert [r["digest"] for r in listed] == [uidl_digest(poison_uidl)]
+    assert listed[0]["failures"] == 2
+
+    assert main(["quarantine", "release", "--bucket", aws.bucket, "--mailbox", "q"]) == 0
+    fourth = harness.run()
+    assert fourth["deleted"] == 1
+    assert dovecot.message_count(harness.user) == 0
+    assert main(["quarantine", "list", "--bucket", aws.bucket, "--mailbox", "q", "--json"]) == 0

@@ -28,8 +28,11 @@ class S3StateStore:
     def state_key(self, mailbox: str) -> str:
         return f"{self._prefix}_state/{mailbox}.json"
 
+    def quarantine_prefix(self, mailbox: str) -> str:
+        return f"{self._prefix}_quarantine/{mailbox}/"
+
     def quarantine_key(self, mailbox: str, digest: str) -> str:
-        return f"{self._prefix}_quarantine/{mailbox}/{digest}.json"
+        return f"{self.quarantine_prefix(mailbox)}{digest}.json"
 
     def load(self, mailbox: str) -> MailboxState:
         key = self.state_key(mailbox)

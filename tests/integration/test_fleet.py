@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import pytest
-
 from tests.support import corpus
 from tests.support.dovecot import DovecotServer
 from tests.support.lambda_context import FakeLambdaContext
@@ -31,7 +30,7 @@ def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
                     "ApproximateReceiveCount": "1",
                 },
                 "messageAttributes": {},
-                "md5OfBody": hashlib.md5(m["Body"].encode()).hexdigest(),  # noqa: S324
+                "md5OfBody": hashlib.md5(m["Body"].encode()).hexdigest(),
                 "eventSource": "aws:sqs",
                 "eventSourceARN": queue_arn,
                 "awsRegion": "us-east-1",

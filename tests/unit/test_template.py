@@ -35,8 +35,48 @@ ALLOWED_ACTIONS = {
     "xray:PutTraceSegments",
     "xray:PutTelemetryRecords",
 }
-# X-Ray has no resource-level permissions: the only actions allowed on "*".
-STAR_RESOURCE_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+# Mode fleet: what the SQS event source polls the jobs queue with (it uses the
+# function's own role), granted only on the jobs queue and only in Mode fleet.
+JOB_CONSUMER_ACTIONS = {
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:GetQueueAttributes",
+    "sqs:ChangeMessageVisibility",
+}
+ALLOWED_ACTIONS |= JOB_CONSUMER_ACTIONS
+# Everything the dispatcher (Mode fleet) may do: find the tagged secrets (names and
+# tags, never values), enqueue jobs, its logs and traces, the stack's key via SQS.
+DISPATCH_ALLOWED_ACTIONS = {
+    "secretsmanager:ListSecrets",
+    "sqs:SendMessage",
+    "kms:GenerateDataKey",
+    "kms:Decrypt",
+    "logs:CreateLogStream",
+    "logs:PutLogEvents",
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+}
+# X-Ray and ListSecrets have no resource-level permissions: the only actions allowed on "*".
+XRAY_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+STAR_RESOURCE_ACTIONS = {
+    "FetchFunction": XRAY_ACTIONS,
+    "DispatchFunction": XRAY_ACTIONS | {"secretsmanager:ListSecrets"},
+}
+# The tag that enables a mailbox secret in Mode fleet (docs/configuration.md).
+MAILBOX_TAG = ("pop3-ingest", "enabled")
+# The resources that exist only in Mode fleet.
+FLEET_RESOURCES = {
+    "DispatchFunction",
+    "DispatchFunctionRole",
+    "DispatchLogGroup",
+    "JobsQueue",
+    "JobsDeadLetterQueue",
+    "JobsQueuesPolicy",
+    "JobsEventSource",
+    "FetchJobsPolicy",
+    "DispatchErrorsAlarm",
+    "JobsDeadLetterQueueAlarm",
+}
 NO_ACTIONS = {"Ref": "AWS::NoValue"}
 TOPIC_ACTIONS = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], NO_ACTIONS]}
 
@@ -55,6 +95,13 @@ def resources(template: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def function(resources: dict[str, Any]) -> dict[str, Any]:
     fn = resources["FetchFunction"]
+    assert fn["Type"] == "AWS::Serverless::Function"
+    return fn["Properties"]
+
+
+@pytest.fixture(scope="module")
+def dispatcher(resources: dict[str, Any]) -> dict[str, Any]:
+    fn = resources["DispatchFunction"]
     assert fn["Type"] == "AWS::Serverless::Function"
     return fn["Properties"]
 
@@ -224,24 +271,104 @@ def test_secret_is_created_only_without_an_existing_one(
     assert set(placeholder) | {"password"} <= SECRET_FIELDS
 
 
-def test_schedule_uses_the_expression_parameter(
-    template: dict[str, Any], function: dict[str, Any]
-) -> None:
-    param = template["Parameters"]["ScheduleExpression"]
-    assert param["Default"] == "rate(5 minutes)"
+def _schedule(function: dict[str, Any]) -> dict[str, Any]:
     schedules = [
         e["Properties"]
         for e in function["Events"].values()
         if e["Type"] in {"Schedule", "ScheduleV2"}
     ]
-    assert len(schedules) == 1
+    assert len(schedules) == 1, function["Events"]
     props = schedules[0]
     expression = props.get("Schedule", props.get("ScheduleExpression"))
     assert expression == {"Ref": "ScheduleExpression"}
-    # It can be switched off by a parameter.
-    state = props.get("State", props.get("Enabled"))
+    return props
+
+
+def _condition_of_state(template: dict[str, Any], schedule: dict[str, Any]) -> Any:
+    """The condition definition that switches a schedule between ENABLED and DISABLED."""
+    state = schedule.get("State")
     assert isinstance(state, dict), state
-    assert "Fn::If" in state, state
+    assert set(state) == {"Fn::If"}, state
+    condition, when_true, when_false = state["Fn::If"]
+    assert (when_true, when_false) == ("ENABLED", "DISABLED")
+    return template["Conditions"][condition]
+
+
+def test_schedule_uses_the_expression_parameter(
+    template: dict[str, Any], function: dict[str, Any]
+) -> None:
+    param = template["Parameters"]["ScheduleExpression"]
+    assert param["Default"] == "rate(5 minutes)"
+    # The fetch function's own schedule fires only in Mode single, and only while
+    # ScheduleEnabled is true; in Mode fleet the jobs queue invokes the function.
+    assert _condition_of_state(template, _schedule(function)) == {
+        "Fn::And": [{"Condition": "ScheduleOn"}, {"Condition": "SingleMode"}]
+    }
+    assert template["Conditions"]["ScheduleOn"] == {
+        "Fn::Equals": [{"Ref": "ScheduleEnabled"}, "true"]
+    }
+    assert template["Conditions"]["SingleMode"] == {"Fn::Equals": [{"Ref": "Mode"}, "single"]}
+
+
+def test_dispatcher_schedule_replaces_the_fetch_schedule_in_fleet_mode(
+    template: dict[str, Any], dispatcher: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    # Same expression, switched off by the same parameter; the dispatcher (and so
+    # its schedule, which SAM gives the function's Condition) exists only in Mode fleet.
+    assert _condition_of_state(template, _schedule(dispatcher)) == {
+        "Fn::Equals": [{"Ref": "ScheduleEnabled"}, "true"]
+    }
+    assert resources["DispatchFunction"]["Condition"] == "FleetMode"
+    assert "Condition" not in resources["FetchFunction"]
+
+
+def test_mode_parameter_and_conditions(template: dict[str, Any], resources: dict[str, Any]) -> None:
+    param = template["Parameters"]["Mode"]
+    assert param["Type"] == "String"
+    assert param["AllowedValues"] == ["single", "fleet"]
+    # Today's behaviour unless the operator opts in.
+    assert param["Default"] == "single"
+    conditions = template["Conditions"]
+    assert conditions["FleetMode"] == {"Fn::Equals": [{"Ref": "Mode"}, "fleet"]}
+    assert conditions["SingleMode"] == {"Fn::Equals": [{"Ref": "Mode"}, "single"]}
+    fleet = {
+        name
+        for name, resource in resources.items()
+        if resource.get("Condition") == "FleetMode"
+        or {"Condition": "FleetMode"}
+        in conditions.get(resource.get("Condition", ""), {}).get("Fn::And", [])
+    }
+    assert fleet == FLEET_RESOURCES | {"DispatchKmsKeyPolicy"}
+    assert conditions["FleetWithKmsKey"] == {
+        "Fn::And": [{"Condition": "FleetMode"}, {"Condition": "HasKmsKey"}]
+    }
+    # Nothing that always exists may point at a resource of Mode fleet (the stack
+    # would not deploy in Mode single).
+    always = {name: r for name, r in resources.items() if "Condition" not in r}
+
+    def refs(value: Any) -> Iterator[str]:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if key == "Ref" and isinstance(inner, str):
+                    yield inner
+                elif key == "Fn::GetAtt":
+                    yield (inner.split(".", 1) if isinstance(inner, str) else inner)[0]
+                elif key == "Fn::Sub":
+                    text = inner if isinstance(inner, str) else inner[0]
+                    yield from (m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", text))
+                    if not isinstance(inner, str):
+                        yield from refs(inner[1])
+                else:
+                    yield from refs(inner)
+        elif isinstance(value, list):
+            for item in value:
+                yield from refs(item)
+
+    for name, resource in always.items():
+        assert not set(refs(resource)) & FLEET_RESOURCES, name
+    for name, output in template["Outputs"].items():
+        if set(refs(output["Value"])) & FLEET_RESOURCES:
+            assert output.get("Condition") == "FleetMode", name
 
 
 def test_failed_runs_are_not_retried(function: dict[str, Any]) -> None:
@@ -262,7 +389,9 @@ def test_queue_redrives_to_a_dead_letter_queue(resources: dict[str, Any]) -> Non
     assert int(dlq["Properties"]["MessageRetentionPeriod"]) == 14 * 86400
 
 
-@pytest.mark.parametrize("queue", ["PointerQueue", "PointerDeadLetterQueue"])
+@pytest.mark.parametrize(
+    "queue", ["PointerQueue", "PointerDeadLetterQueue", "JobsQueue", "JobsDeadLetterQueue"]
+)
 def test_queues_are_encrypted_at_rest(
     template: dict[str, Any], resources: dict[str, Any], queue: str
 ) -> None:
@@ -275,29 +404,41 @@ def test_queues_are_encrypted_at_rest(
 
 
 def test_queues_deny_plain_http(resources: dict[str, Any]) -> None:
-    policies = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::SQS::QueuePolicy"]
-    assert len(policies) == 1
-    assert {"Ref": "PointerQueue"} in policies[0]["Queues"]
-    assert {"Ref": "PointerDeadLetterQueue"} in policies[0]["Queues"]
-    denies = [
-        st
-        for st in policies[0]["PolicyDocument"]["Statement"]
-        if st["Effect"] == "Deny"
-        and st["Principal"] == "*"
-        and st["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-    ]
-    assert len(denies) == 1
-    assert _as_list(denies[0]["Action"]) == ["sqs:*"]
-    assert {"Fn::GetAtt": ["PointerQueue", "Arn"]} in denies[0]["Resource"]
-    assert {"Fn::GetAtt": ["PointerDeadLetterQueue", "Arn"]} in denies[0]["Resource"]
+    policies = {name: r for name, r in resources.items() if r["Type"] == "AWS::SQS::QueuePolicy"}
+    covered = set()
+    for name, policy in policies.items():
+        props = policy["Properties"]
+        denies = [
+            st
+            for st in props["PolicyDocument"]["Statement"]
+            if st["Effect"] == "Deny"
+            and st["Principal"] == "*"
+            and st["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        ]
+        assert len(denies) == 1, name
+        assert _as_list(denies[0]["Action"]) == ["sqs:*"]
+        for queue in props["Queues"]:
+            assert {"Fn::GetAtt": [queue["Ref"], "Arn"]} in denies[0]["Resource"], name
+            # A policy exists exactly when its queues do.
+            assert resources[queue["Ref"]].get("Condition") == policy.get("Condition"), name
+            covered.add(queue["Ref"])
+    queues = {name for name, r in resources.items() if r["Type"] == "AWS::SQS::Queue"}
+    assert queues == {"PointerQueue", "PointerDeadLetterQueue", "JobsQueue", "JobsDeadLetterQueue"}
+    assert covered == queues
 
 
+@pytest.mark.parametrize("name", ["FetchFunction", "DispatchFunction"])
 def test_function_has_its_own_role_and_no_managed_policies(
-    function: dict[str, Any], resources: dict[str, Any]
+    name: str, resources: dict[str, Any]
 ) -> None:
+    function = resources[name]["Properties"]
     # SAM's generated role would add AWSLambdaBasicExecutionRole (logs on "*").
     assert "Policies" not in function
-    role = resources[_role_name(function)]["Properties"]
+    role_name = _role_name(function)
+    # Each function its own role: the dispatcher gets none of the fetch grants.
+    assert role_name == {"FetchFunction": "FetchFunctionRole"}.get(name, "DispatchFunctionRole")
+    assert resources[role_name].get("Condition") == resources[name].get("Condition")
+    role = resources[role_name]["Properties"]
     assert "ManagedPolicyArns" not in role
     trust = role["AssumeRolePolicyDocument"]["Statement"]
     assert trust == [
@@ -309,13 +450,20 @@ def test_function_has_its_own_role_and_no_managed_policies(
     ]
 
 
+@pytest.mark.parametrize(
+    ("name", "allowed"),
+    [("FetchFunction", ALLOWED_ACTIONS), ("DispatchFunction", DISPATCH_ALLOWED_ACTIONS)],
+)
 def test_iam_allows_nothing_beyond_the_reviewed_actions(
-    function: dict[str, Any], resources: dict[str, Any]
+    resources: dict[str, Any], name: str, allowed: set[str]
 ) -> None:
-    assert set(_allowed(function, resources)) == ALLOWED_ACTIONS
+    assert set(_allowed(resources[name]["Properties"], resources)) == allowed
 
 
-def test_iam_statements_are_scoped(function: dict[str, Any], resources: dict[str, Any]) -> None:
+@pytest.mark.parametrize("name", ["FetchFunction", "DispatchFunction"])
+def test_iam_statements_are_scoped(name: str, resources: dict[str, Any]) -> None:
+    function = resources[name]["Properties"]
+    star_actions = STAR_RESOURCE_ACTIONS[name]
     for _, st in _statements(function, resources):
         assert st["Effect"] == "Allow", st
         assert "NotAction" not in st, st
@@ -327,11 +475,11 @@ def test_iam_statements_are_scoped(function: dict[str, Any], resources: dict[str
                 text = value.get("Fn::Sub", value) if isinstance(value, dict) else value
                 if text == "*":
                     # Only where the service has no resource-level permissions.
-                    assert set(actions) <= STAR_RESOURCE_ACTIONS, f"'*' resource in {st}"
+                    assert set(actions) <= star_actions, f"'*' resource in {st}"
                 elif isinstance(text, str):
                     assert "*" not in text.rstrip("*"), st
                     assert not text.startswith("*"), st
-                if any(a.startswith(GUARDED_SERVICES) for a in actions):
+                if any(a.startswith(GUARDED_SERVICES) for a in set(actions) - star_actions):
                     assert text != "*", st
 
 
@@ -345,6 +493,9 @@ def test_iam_grants_what_the_function_needs(
     assert by_action["s3:ListBucket"] == [(None, {"Fn::GetAtt": ["MailBucket", "Arn"]})]
     # Only its own queue (SendMessageBatch is authorised by sqs:SendMessage).
     assert by_action["sqs:SendMessage"] == [(None, {"Fn::GetAtt": ["PointerQueue", "Arn"]})]
+    # Consuming jobs: only the jobs queue, only in Mode fleet.
+    for action in JOB_CONSUMER_ACTIONS:
+        assert by_action[action] == [("FleetMode", {"Fn::GetAtt": ["JobsQueue", "Arn"]})], action
     assert "cloudwatch:PutMetricData" not in by_action
     # Only its own log group (its ARN ends in ":*", covering its streams).
     for action in ("logs:CreateLogStream", "logs:PutLogEvents"):
@@ -359,9 +510,17 @@ def test_iam_reads_only_the_mailbox_secrets(
     assert unconditional == [
         {"Fn::If": ["CreateSecret", {"Ref": "MailboxSecret"}, {"Ref": "ExistingSecretArn"}]}
     ]
-    # Further secrets only when the operator names them.
+    # Further secrets only when the operator names them, and in Mode fleet the
+    # account's secrets that carry the mailbox tag (next test).
     assert [(c, r) for c, r in grants if c is not None] == [
-        ("HasExtraSecrets", {"Ref": "ExtraSecretArnPattern"})
+        ("HasExtraSecrets", {"Ref": "ExtraSecretArnPattern"}),
+        (
+            "FleetMode",
+            {
+                "Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}"
+                ":${AWS::AccountId}:secret:*"
+            },
+        ),
     ]
     assert template["Conditions"]["HasExtraSecrets"] == _not_empty("ExtraSecretArnPattern")
     pattern = re.compile(template["Parameters"]["ExtraSecretArnPattern"]["AllowedPattern"])
@@ -542,10 +701,21 @@ def test_reserved_concurrency(template: dict[str, Any], function: dict[str, Any]
     }
 
 
-def test_logs_have_a_retention(template: dict[str, Any], function: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("name", "log_group_name"),
+    [("FetchFunction", "FetchLogGroup"), ("DispatchFunction", "DispatchLogGroup")],
+)
+def test_logs_have_a_retention(template: dict[str, Any], name: str, log_group_name: str) -> None:
+    function = template["Resources"][name]["Properties"]
     log_group_ref = function["LoggingConfig"]["LogGroup"]
-    log_group = template["Resources"][log_group_ref["Ref"]]
+    assert log_group_ref == {"Ref": log_group_name}
+    log_group = template["Resources"][log_group_name]
     assert log_group["Type"] == "AWS::Logs::LogGroup"
+    assert log_group.get("Condition") == template["Resources"][name].get("Condition")
+    # Its role may write only there.
+    by_action = _allowed(function, template["Resources"])
+    for action in ("logs:CreateLogStream", "logs:PutLogEvents"):
+        assert by_action[action] == [(None, {"Fn::GetAtt": [log_group_name, "Arn"]})]
     retention = log_group["Properties"]["RetentionInDays"]
     assert template["Parameters"][retention["Ref"]]["Default"] == 30
     assert log_group["Properties"]["KmsKeyId"] == {
@@ -567,6 +737,8 @@ EXPECTED_ALARMS = {
     "LoginFailuresAlarm",
     "OversizedMessagesAlarm",
     "QuarantinedMessagesAlarm",
+    "DispatchErrorsAlarm",
+    "JobsDeadLetterQueueAlarm",
 }
 
 
@@ -721,6 +893,199 @@ def test_per_mailbox_event_alarms(
     assert props["TreatMissingData"] == "notBreaching"
 
 
+# ---- Mode fleet: dispatcher, jobs queue, event source ----
+
+
+def test_jobs_queue_is_fifo_with_a_fifo_dead_letter_queue(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    queue = resources["JobsQueue"]
+    props = queue["Properties"]
+    assert queue["Condition"] == "FleetMode"
+    # FIFO: one message group per mailbox, so never two invocations on one mailbox.
+    assert props["FifoQueue"] is True
+    # The dispatcher sets explicit deduplication ids.
+    assert props["ContentBasedDeduplication"] is False
+    # No QueueName: CloudFormation generates a .fifo name (and a fixed name would
+    # block replacements and collide between stacks).
+    assert "QueueName" not in props
+    # AWS: at least 6 x the function timeout for a Lambda event source. The template
+    # cannot multiply the Timeout parameter, so it must cover the largest one.
+    timeout = template["Parameters"]["Timeout"]
+    assert int(props["VisibilityTimeout"]) >= 6 * int(timeout["MaxValue"])
+    assert int(props["VisibilityTimeout"]) <= 12 * 3600  # SQS maximum
+
+    redrive = props["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["JobsDeadLetterQueue", "Arn"]}
+    assert int(redrive["maxReceiveCount"]) == 3
+    dlq = resources["JobsDeadLetterQueue"]
+    assert dlq["Type"] == "AWS::SQS::Queue"
+    assert dlq["Condition"] == "FleetMode"
+    # A FIFO queue's dead-letter queue must be FIFO too.
+    assert dlq["Properties"]["FifoQueue"] is True
+    assert "RedrivePolicy" not in dlq["Properties"]
+    # The DLQ keeps a failed job longer than the queue keeps a waiting one.
+    assert int(dlq["Properties"]["MessageRetentionPeriod"]) == 14 * 86400
+    assert int(props["MessageRetentionPeriod"]) < int(dlq["Properties"]["MessageRetentionPeriod"])
+
+
+def test_fetch_function_consumes_jobs_one_at_a_time(
+    template: dict[str, Any], function: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    mappings = {
+        name: r for name, r in resources.items() if r["Type"] == "AWS::Lambda::EventSourceMapping"
+    }
+    assert set(mappings) == {"JobsEventSource"}
+    # SAM event sources cannot carry a Condition: the mapping is a resource of its own.
+    assert not [e for e in function["Events"].values() if e["Type"] == "SQS"]
+    mapping = mappings["JobsEventSource"]
+    props = mapping["Properties"]
+    assert mapping["Condition"] == "FleetMode"
+    assert props["FunctionName"] == {"Ref": "FetchFunction"}
+    assert props["EventSourceArn"] == {"Fn::GetAtt": ["JobsQueue", "Arn"]}
+    assert props["BatchSize"] == 1
+    assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert props.get("Enabled", True) is True
+    # Lambda checks the role's SQS permissions when it creates the mapping.
+    depends = _as_list(mapping["DependsOn"])
+    assert "FetchJobsPolicy" in depends
+    assert resources["FetchJobsPolicy"]["Properties"]["Roles"] == [{"Ref": "FetchFunctionRole"}]
+    # Pollers capped at the reserved concurrency (2..1000 is all SQS accepts), so that
+    # throttled jobs do not count receives on their way to the dead-letter queue.
+    cap = props["ScalingConfig"]
+    assert cap == {
+        "Fn::If": [
+            "CapJobPollers",
+            {"MaximumConcurrency": {"Ref": "ReservedConcurrency"}},
+            NO_ACTIONS,
+        ]
+    }
+    assert template["Conditions"]["CapJobPollers"] == {
+        "Fn::And": [
+            {"Condition": "FleetMode"},
+            {"Condition": "HasReservedConcurrency"},
+            {"Fn::Not": [{"Fn::Equals": [{"Ref": "ReservedConcurrency"}, "1"]}]},
+        ]
+    }
+    # In Mode fleet the mailbox comes from the job; SECRET_ID stays for direct events.
+    assert "SECRET_ID" in function["Environment"]["Variables"]
+
+
+def test_fetch_function_reads_only_tagged_secrets_in_fleet_mode(
+    function: dict[str, Any], dispatcher: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    (statement,) = [
+        st
+        for cond, st in _statements(function, resources)
+        if cond == "FleetMode" and "secretsmanager:GetSecretValue" in _as_list(st["Action"])
+    ]
+    assert _as_list(statement["Action"]) == ["secretsmanager:GetSecretValue"]
+    # Every secret of the account, region and partition, but only with the tag.
+    assert statement["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:*"
+    }
+    key, value = MAILBOX_TAG
+    assert statement["Condition"] == {"StringEquals": {f"secretsmanager:ResourceTag/{key}": value}}
+    # The dispatcher looks for the very tag the grant is conditioned on.
+    env = dispatcher["Environment"]["Variables"]
+    assert (env["MAILBOX_TAG_KEY"], env["MAILBOX_TAG_VALUE"]) == MAILBOX_TAG
+    # No other statement grants GetSecretValue on a wildcard.
+    for cond, st in _statements(function, resources):
+        if st is statement or "secretsmanager:GetSecretValue" not in _as_list(st["Action"]):
+            continue
+        for resource in _as_list(st["Resource"]):
+            for value_ in _branches(resource):
+                assert "*" not in json.dumps(value_) or cond == "HasExtraSecrets", st
+
+
+def test_dispatcher_function(function: dict[str, Any], dispatcher: dict[str, Any]) -> None:
+    assert dispatcher["Handler"] == "pop3_ingest.dispatch.lambda_handler"
+    assert dispatcher["CodeUri"].rstrip("/") == "functions"
+    # Same runtime, architecture and Powertools layer as the fetch function.
+    for key in ("Runtime", "Architectures", "Layers", "Tracing"):
+        assert dispatcher[key] == function[key], key
+    # Retries are pointless (the next schedule enqueues again; jobs are deduplicated).
+    assert dispatcher["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
+    # Same "0 reserves nothing" rule as the fetch function; one run at a time.
+    assert dispatcher["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["HasReservedConcurrency", 1, NO_ACTIONS]
+    }
+    assert int(dispatcher["Timeout"]) <= 900
+
+
+def test_dispatcher_environment(
+    function: dict[str, Any], dispatcher: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    env = dispatcher["Environment"]["Variables"]
+    assert env["JOBS_QUEUE_URL"] == {"Ref": "JobsQueue"}
+    assert (env["MAILBOX_TAG_KEY"], env["MAILBOX_TAG_VALUE"]) == MAILBOX_TAG
+    # Same service and namespace as the fetch function: one metrics namespace.
+    fetch_env = function["Environment"]["Variables"]
+    for name in ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"):
+        assert env[name] == fetch_env[name], name
+    # It never touches mail, pointers or secret values.
+    for name in ("SECRET_ID", "BUCKET_NAME", "QUEUE_URL"):
+        assert name not in env, name
+
+
+def test_dispatcher_iam(dispatcher: dict[str, Any], resources: dict[str, Any]) -> None:
+    by_action = _allowed(dispatcher, resources)
+    # ListSecrets has no resource-level permissions: "*", alone in its statement.
+    assert by_action["secretsmanager:ListSecrets"] == [(None, "*")]
+    (list_statement,) = [
+        st
+        for _, st in _statements(dispatcher, resources)
+        if "secretsmanager:ListSecrets" in _as_list(st["Action"])
+    ]
+    assert _as_list(list_statement["Action"]) == ["secretsmanager:ListSecrets"]
+    # Names and tags only: no secret value, no describe of a single secret either.
+    assert not [
+        a
+        for a in by_action
+        if a.startswith("secretsmanager:") and a != "secretsmanager:ListSecrets"
+    ]
+    # Jobs only to the jobs queue (SendMessageBatch is authorised by sqs:SendMessage).
+    assert by_action["sqs:SendMessage"] == [(None, {"Fn::GetAtt": ["JobsQueue", "Arn"]})]
+    assert not [a for a in by_action if a.startswith(("s3:", "sqs:")) and a != "sqs:SendMessage"]
+    # The stack's key only when given, only through SQS.
+    for action in ("kms:GenerateDataKey", "kms:Decrypt"):
+        assert by_action[action] == [("FleetWithKmsKey", {"Ref": "KmsKeyArn"})], action
+    (kms,) = [st for cond, st in _statements(dispatcher, resources) if cond == "FleetWithKmsKey"]
+    assert kms["Condition"] == {
+        "StringEquals": {"kms:ViaService": {"Fn::Sub": "sqs.${AWS::Region}.amazonaws.com"}}
+    }
+
+
+def test_dispatch_errors_alarm(resources: dict[str, Any]) -> None:
+    alarm = resources["DispatchErrorsAlarm"]
+    assert alarm["Condition"] == "FleetMode"
+    props = alarm["Properties"]
+    assert props["Namespace"] == "AWS/Lambda"
+    assert props["MetricName"] == "Errors"
+    assert props["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": "DispatchFunction"}}]
+    assert props["Statistic"] == "Sum"
+    assert props["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert props["Threshold"] == 1
+    assert props["TreatMissingData"] == "notBreaching"
+
+
+def test_jobs_dead_letter_queue_alarm(resources: dict[str, Any]) -> None:
+    alarm = resources["JobsDeadLetterQueueAlarm"]
+    assert alarm["Condition"] == "FleetMode"
+    props = alarm["Properties"]
+    dlq = _getatt(resources["JobsQueue"]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"])
+    assert dlq == ("JobsDeadLetterQueue", "Arn")
+    assert props["Namespace"] == "AWS/SQS"
+    assert props["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert props["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["JobsDeadLetterQueue", "QueueName"]}}
+    ]
+    assert props["Statistic"] == "Maximum"
+    assert props["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert props["Threshold"] == 1
+    assert props["TreatMissingData"] == "notBreaching"
+
+
 def test_checkov_skips_carry_their_reason_and_are_documented(resources: dict[str, Any]) -> None:
     skips = _checkov_skips(resources)
     assert skips, "expected the documented checkov skips"
@@ -736,9 +1101,18 @@ def test_checkov_skips_carry_their_reason_and_are_documented(resources: dict[str
 
 
 def test_outputs(template: dict[str, Any]) -> None:
+    outputs = template["Outputs"]
     assert {"BucketName", "QueueUrl", "DeadLetterQueueUrl", "FunctionName", "SecretArn"} <= set(
-        template["Outputs"]
+        outputs
     )
+    assert outputs["Mode"]["Value"] == {"Ref": "Mode"}
+    for name, value in [
+        ("JobsQueueUrl", "JobsQueue"),
+        ("JobsDeadLetterQueueUrl", "JobsDeadLetterQueue"),
+        ("DispatchFunctionName", "DispatchFunction"),
+    ]:
+        assert outputs[name]["Value"] == {"Ref": value}
+        assert outputs[name]["Condition"] == "FleetMode"
 
 
 @pytest.mark.parametrize(

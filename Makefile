@@ -35,7 +35,7 @@ help:
 	make deps-system  install Dovecot (POP3) and OpenSSL for the integration tests
 	make lint         ruff check + ruff format --check
 	make typecheck    mypy (strict)
-	make template     cfn-lint, sam validate --lint, sam build (offline)
+	make template     cfn-lint, sam validate --lint, checkov (both Modes), sam build (offline)
 	make test         deps + lint + typecheck + template + pytest (everything)
 	make unit         pytest tests/unit
 	make demo         deps + scripts/demo.py
@@ -101,7 +101,7 @@ typecheck: venv
 	"$(BIN)/mypy"
 
 template: venv
-	@echo "template: cfn-lint, sam validate --lint, checkov, sam build -> $(SAM_BUILD_DIR)"
+	@echo "template: cfn-lint, sam validate --lint, checkov (Mode single and fleet), sam build -> $(SAM_BUILD_DIR)"
 	"$(BIN)/cfn-lint" template.yaml
 	"$(BIN)/sam" validate --lint --region "$(SAM_REGION)" --template-file template.yaml
 	# checkov pins boto3/botocore far below the project's own, so it gets a venv
@@ -113,6 +113,17 @@ template: venv
 	  "$$checkov_venv/bin/python" -m pip install --quiet "checkov==$$checkov_version"
 	fi
 	"$$checkov_venv/bin/checkov" --file template.yaml --framework cloudformation \
+	  --skip-download --compact --quiet
+	# checkov drops resources whose Condition is false under the parameter
+	# defaults, so the Mode=fleet resources (dispatcher, jobs queues, their IAM)
+	# are scanned in a copy of the template whose Mode defaults to fleet.
+	fleet_dir=$$(mktemp -d)
+	trap 'rm -rf "$$fleet_dir"' EXIT
+	sed '/^  Mode:$$/,/^    Default:/ s/^    Default: single$$/    Default: fleet/' template.yaml \
+	  >"$$fleet_dir/template-fleet.yaml"
+	grep -q '^    Default: fleet$$' "$$fleet_dir/template-fleet.yaml" ||
+	  { echo "template: could not make the Mode=fleet copy for checkov" >&2; exit 1; }
+	"$$checkov_venv/bin/checkov" --file "$$fleet_dir/template-fleet.yaml" --framework cloudformation \
 	  --skip-download --compact --quiet
 	runtime_python=
 	for candidate in "$$(command -v python$(LAMBDA_PYTHON) 2>/dev/null || true)" \

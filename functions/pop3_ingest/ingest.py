@@ -244,6 +244,7 @@ class MailboxIngest:
         self._options = options or IngestOptions()
         self._handled: set[str] = set()  # UIDLs this run is done with, whatever the outcome
         self.login_delay = 0
+        self._confirmed: set[str] = set()  # UIDLs announced during this run
         self._queue_failures = 0
         self._taken = 0
 
@@ -358,6 +359,7 @@ class _SessionRun:
         self.announces: dict[Future[set[int]], list[_Stored]] = {}
         self.ready: list[_Stored] = []
         self.to_delete: deque[ServerMessage] = deque()
+        self.verify: dict[str, str] = {}  # UIDL -> sha256 prefix announced before
         self.buffered = 0
         self.sent_retr = 0
         self.sent_bytes = 0
@@ -443,13 +445,28 @@ class _SessionRun:
                 # archiving, servers that ignore DELE): never announce it twice.
                 self.summary.reappeared += self.first
                 continue
-            if digest in state.seen:
-                # Stored and announced by an earlier session: only the DELE is missing.
-                if self.opts.delete and message.uidl not in seen:
+            remembered = state.seen.get(digest)
+            if remembered is not None and not remembered.startswith(f"{message.size}:"):
+                # Same UIDL, other size: a server that reuses UIDLs. Treat it
+                # as the new message it is (it gets its own key when stored).
+                del state.seen[digest]
+                remembered = None
+            if remembered is not None and not self.opts.delete:
+                continue  # kept on the server and announced before
+            if message.uidl in self.run_._confirmed:
+                # Announced earlier in this very run (its session could not
+                # commit): only the DELE is missing.
+                if message.uidl not in seen:
                     seen.add(message.uidl)
                     self.to_delete.append(message)
                     self.summary.redeleted += 1
                 continue
+            if remembered is not None and message.uidl not in self.run_._handled:
+                # Announced by an earlier session; only the DELE is missing. It is
+                # downloaded again to prove it is the same message (a reused UIDL
+                # must never delete an unstored message), but not stored or
+                # announced again.
+                self.verify[message.uidl] = remembered.partition(":")[2]
             if message.uidl in self.run_._handled:
                 continue
             if message.uidl in seen:
@@ -561,6 +578,18 @@ class _SessionRun:
             self._release(message)
             return
         self.run_._handled.add(message.uidl)
+        expected = self.verify.pop(message.uidl, None)
+        if expected is not None:
+            try:
+                if self._verify_known(message, stream, expected):
+                    return
+            except ProtocolError as exc:
+                self.run_._fail(self.summary, message, str(exc))
+                raise ConnectionLost("session abandoned after an oversized answer") from exc
+            self.run_._handled.discard(message.uidl)
+            self.to_fetch.appendleft(message)  # fetch it again, as the new message it is
+            self.fetching = self.fetching or not self.outcome.abandon
+            return
         if message.size <= self.opts.stream_threshold:
             started = time.monotonic()
             try:
@@ -580,6 +609,20 @@ class _SessionRun:
             self.uploads[future] = (message, message.size)
         else:
             self._store_streaming(message, stream)
+
+    def _verify_known(self, message: ServerMessage, stream: MessageStream, expected: str) -> bool:
+        """True (and the DELE queued) when the bytes are those announced before."""
+        reader = CapturingReader(stream)
+        while reader.read(1 << 20):
+            pass
+        self._release(message)
+        if reader.sha256[: len(expected)] != expected:
+            logger.warning("UIDL reused for other content; treating it as a new message")
+            self.run_.state.seen.pop(uidl_digest(message.uidl), None)
+            return False
+        self.summary.redeleted += 1
+        self.to_delete.append(message)
+        return True
 
     def _store_bytes(self, message: ServerMessage, data: bytes) -> _Stored:
         started = time.monotonic()
@@ -731,7 +774,8 @@ class _SessionRun:
             self.summary.announced += 1
             digest = uidl_digest(stored.message.uidl)
             state.record_success(digest)
-            state.seen[digest] = time.time()
+            state.seen[digest] = f"{stored.message.size}:{stored.record.sha256[:32]}"
+            self.run_._confirmed.add(stored.message.uidl)
             if self.opts.delete and not self.outcome.abandon:
                 self.to_delete.append(stored.message)
 

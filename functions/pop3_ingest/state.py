@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 DELETED_MEMORY_SECONDS = 30 * 24 * 3600  # how long a committed deletion is remembered
 _MAX_DELETED = 100_000
 
@@ -29,7 +29,9 @@ class Failure:
 
 @dataclass
 class MailboxState:
-    seen: dict[str, float] = field(default_factory=dict)
+    # Announced messages: digest -> "<LIST size>:<sha256 prefix>", so a
+    # server that reuses a UIDL for another message is noticed.
+    seen: dict[str, str] = field(default_factory=dict)
     deleted: dict[str, float] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)
     quarantined: dict[str, Failure] = field(default_factory=dict)
@@ -86,7 +88,7 @@ class MailboxState:
         if data.get("version") != STATE_VERSION:
             return cls()  # unknown layout: start afresh rather than misread it
         return cls(
-            seen={str(k): float(v) for k, v in data.get("seen", {}).items()},
+            seen={str(k): str(v) for k, v in data.get("seen", {}).items()},
             deleted={str(k): float(v) for k, v in data.get("deleted", {}).items()},
             failures={str(k): Failure(**v) for k, v in data.get("failures", {}).items()},
             quarantined={str(k): Failure(**v) for k, v in data.get("quarantined", {}).items()},

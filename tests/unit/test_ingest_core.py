@@ -349,7 +349,7 @@ def test_after_a_lost_connection_announced_messages_are_deleted_without_a_second
 
 def test_state_round_trips_through_json() -> None:
     state = MailboxState()
-    state.seen["d1"] = 1.0
+    state.seen["d1"] = "100:abcd"
     state.deleted["d2"] = 2.0
     state.record_failure("d3", "boom", threshold=3, now=3.0)
     state.auth_failures = 2

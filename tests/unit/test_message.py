@@ -46,3 +46,9 @@ def test_capturing_reader_limits_header_capture() -> None:
         pass
     assert reader.size == len(body)
     assert len(reader._head) <= 64 * 1024
+
+
+def test_raw_utf8_headers_are_kept_readable() -> None:
+    fields = parse_header_fields("Subject: Grüße\r\nFrom: Jörg <j@example.com>\r\n\r\n".encode())
+    assert fields["subject"] == "Grüße"
+    assert fields["from"] == "Jörg <j@example.com>"

@@ -20,11 +20,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from queue import Empty, SimpleQueue
 from typing import Any, Literal, Protocol
 
 from pop3_ingest.errors import (
@@ -360,6 +361,7 @@ class _SessionRun:
         self.ready: list[_Stored] = []
         self.to_delete: deque[ServerMessage] = deque()
         self.verify: dict[str, str] = {}  # UIDL -> sha256 prefix announced before
+        self.completed: SimpleQueue[Future[Any]] = SimpleQueue()
         self.buffered = 0
         self.sent_retr = 0
         self.sent_bytes = 0
@@ -607,6 +609,7 @@ class _SessionRun:
             self.run_._deadline.observe(len(data), time.monotonic() - started)
             future = self.pool.submit(self._store_bytes, message, data)
             self.uploads[future] = (message, message.size)
+            future.add_done_callback(self.completed.put)
         else:
             self._store_streaming(message, stream)
 
@@ -706,13 +709,19 @@ class _SessionRun:
     # -- completions --------------------------------------------------------------
 
     def _harvest(self, *, block: bool) -> None:
-        futures: list[Future[Any]] = [*self.uploads, *self.announces]
-        if not futures:
+        if not (self.uploads or self.announces):
             return
-        timeout = max(0.05, self.run_._deadline.seconds_left()) if block else 0
+        timeout = max(0.05, self.run_._deadline.seconds_left())
         if self.ready:
             timeout = min(timeout, _BATCH_WAIT_SECONDS)
-        done, _ = wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
+        # Completions arrive on a queue (done callbacks): cheaper than
+        # futures.wait() over every pending future on each turn of the loop.
+        done: list[Future[Any]] = []
+        with suppress(Empty):
+            if block:
+                done.append(self.completed.get(timeout=timeout))
+            while True:
+                done.append(self.completed.get_nowait())
         for future in done:
             if future in self.uploads:
                 message, size = self.uploads.pop(future)
@@ -724,7 +733,7 @@ class _SessionRun:
                     self._abandon()
                     continue
                 self._stored(stored)
-            else:
+            elif future in self.announces:
                 batch = self.announces.pop(future)
                 self._announced(batch, future)
         if not self.winding_down:
@@ -753,6 +762,7 @@ class _SessionRun:
                 self.run_._announcer.announce_batch, [s.record.pointer() for s in batch]
             )
             self.announces[future] = batch
+            future.add_done_callback(self.completed.put)
 
     def _announced(self, batch: list[_Stored], future: Future[set[int]]) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -30,6 +31,7 @@ from pop3_ingest.errors import (
     ConnectionLost,
     JobError,
     MailboxBusy,
+    Pop3Error,
     Pop3IngestError,
     SecretError,
     TlsError,
@@ -48,6 +50,9 @@ tracer = Tracer()
 metrics = Metrics()
 # The core logs through the standard library; give it the same JSON output.
 copy_config_to_registered_loggers(source_logger=logger, include={"pop3_ingest"})
+# botocore logs whole response bodies at DEBUG, GetSecretValue's SecretString
+# included: keep it quiet whatever level the root logger is given.
+logging.getLogger("botocore").setLevel(logging.INFO)
 
 # Standard retries with bounded timeouts: a throttled or flaky call is retried
 # by the SDK; a dead endpoint fails the message instead of hanging the run.
@@ -181,7 +186,16 @@ def fetch_mailbox(
 
     ingest = MailboxIngest(
         mailbox_name=config.mailbox,
-        connect=lambda: Pop3Mailbox(config, timeout=settings.pop3_timeout_seconds),
+        connect=lambda: Pop3Mailbox(
+            config,
+            timeout=settings.pop3_timeout_seconds,
+            min_bytes_per_second=settings.min_transfer_bytes_per_second,
+            # A read still going when half the margin is left is cut off, so the
+            # run ends (and reports) before Lambda stops it.
+            time_left=lambda: (
+                context.get_remaining_time_in_millis() / 1000 - settings.deadline_margin_seconds / 2
+            ),
+        ),
         store=message_store(settings.bucket),
         announcer=SqsAnnouncer(aws_clients().sqs, settings.queue_url),
         deadline=Deadline(context.get_remaining_time_in_millis, settings.deadline_margin_seconds),
@@ -233,6 +247,11 @@ def fetch_mailbox(
         # Lost before or while listing: nothing was deleted.
         metrics.add_metric(name="ConnectionLost", unit=MetricUnit.Count, value=1)
         logger.error("connection lost", extra={"error": str(exc)})
+        _save(states, config, state)
+        raise
+    except Pop3Error as exc:  # ProtocolError: UIDL or LIST refused, for one
+        metrics.add_metric(name="ProtocolError", unit=MetricUnit.Count, value=1)
+        logger.error("POP3 server answered what the run cannot use", extra={"error": str(exc)})
         _save(states, config, state)
         raise
     state.auth_failures = 0

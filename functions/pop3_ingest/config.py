@@ -39,6 +39,10 @@ _SECRET_FIELDS = {
 }
 SASL_CHOICES = ("auto", "user", "plain", "xoauth2", "xoauth2-oneline")
 DEFAULT_MAX_MESSAGE_SIZE = 150 * 1024 * 1024  # above every big provider's own limit
+# A message must arrive within max(POP3_TIMEOUT_SECONDS, size / this): slow
+# enough for any real server, fast enough that a server dripping a byte a
+# second cannot hold a run for hours.
+DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND = 16 * 1024.0
 
 
 @dataclass(frozen=True, repr=False)
@@ -232,6 +236,7 @@ class Settings:
     max_messages_per_run: int = 500
     deadline_margin_seconds: float = 20.0
     pop3_timeout_seconds: float = 30.0
+    min_transfer_bytes_per_second: float = DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND
     pipeline_window: int = 16
     upload_workers: int = 8
     commit_every_messages: int = 250
@@ -260,6 +265,12 @@ class Settings:
             max_messages_per_run=_int_env(env, "MAX_MESSAGES_PER_RUN", 500, minimum=0),
             deadline_margin_seconds=_float_env(env, "DEADLINE_MARGIN_SECONDS", 20.0),
             pop3_timeout_seconds=_float_env(env, "POP3_TIMEOUT_SECONDS", 30.0, minimum=0.1),
+            min_transfer_bytes_per_second=_float_env(
+                env,
+                "MIN_TRANSFER_BYTES_PER_SECOND",
+                DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND,
+                minimum=1.0,
+            ),
             pipeline_window=_int_env(env, "PIPELINE_WINDOW", 16, minimum=1),
             upload_workers=_int_env(env, "UPLOAD_WORKERS", 8, minimum=1),
             commit_every_messages=_int_env(env, "COMMIT_EVERY_MESSAGES", 250, minimum=1),

@@ -59,6 +59,24 @@ class ConnectionLost(Pop3Error):
     """The connection dropped or timed out; the session cannot continue."""
 
 
+class SessionOutOfStep(ConnectionLost):
+    """The server's answers no longer line up with our commands.
+
+    A status line that is neither ``+OK`` nor ``-ERR``, a listing line that is
+    not ``<number> <text>``, a response line that never ends: the session is
+    dropped without QUIT, so the server forgets every DELE of it.
+    """
+
+
+class TransferTooSlow(ConnectionLost):
+    """A response did not arrive in time; the session is dropped without QUIT.
+
+    A command's answer must arrive within POP3_TIMEOUT_SECONDS as a whole (not
+    per read: a server dripping one byte a second is too slow), a message or
+    listing within max(POP3_TIMEOUT_SECONDS, size / MIN_TRANSFER_BYTES_PER_SECOND).
+    """
+
+
 class MessageTooLarge(ProtocolError):
     """A message grew past its announced size plus the allowed margin."""
 

@@ -1,24 +1,38 @@
 """A POP3 session built on :mod:`poplib`, with the pieces poplib lacks.
 
-poplib gives us connection set-up, TLS, USER/PASS and the short commands. It
-cannot stream a message (``retr`` returns every line in memory) and it refuses
-lines longer than 2048 bytes, leaving the socket out of step. RETR is
-therefore read here straight from poplib's socket file, one bounded chunk at a
-time, without any line-length limit.
+poplib gives us connection set-up, TLS and the short commands. It cannot
+stream a message (``retr`` returns every line in memory), it refuses lines
+longer than 2048 bytes leaving the socket out of step, it takes any line that
+starts with ``+`` for success, and its socket timeout bounds one read, not an
+answer: a server that sends a byte a second keeps it waiting for ever. So here:
+
+- every answer has a time limit as a whole (:class:`_Clock`): a command's
+  answer POP3_TIMEOUT_SECONDS, a message or listing
+  max(POP3_TIMEOUT_SECONDS, size / MIN_TRANSFER_BYTES_PER_SECOND);
+- a status line is ``+OK`` or ``-ERR`` (RFC 1939) or the session is out of
+  step: it is then dropped without QUIT, so the server forgets its DELEs;
+- listings are bounded, parsed line by line, and a message without a usable
+  UIDL (empty, or shared with another message) is left out and left alone;
+- RETR is read straight from the socket, one bounded block at a time, without
+  any line-length limit and never past ``allowed_size(LIST size)``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import poplib
 import re
+import socket
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, cast
+from typing import Protocol
 
-from pop3_ingest.config import MailboxConfig, TlsMode
+from pop3_ingest.config import DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND, MailboxConfig, TlsMode
 from pop3_ingest.errors import (
     AuthError,
     ConnectError,
@@ -27,15 +41,39 @@ from pop3_ingest.errors import (
     MessageTooLarge,
     Pop3Error,
     ProtocolError,
+    SessionOutOfStep,
     TlsError,
+    TransferTooSlow,
 )
 from pop3_ingest.oauth import TokenProvider
-from pop3_ingest.sasl import auth_plain, auth_xoauth2, supported_mechanisms
+from pop3_ingest.sasl import (
+    auth_plain,
+    auth_xoauth2,
+    plain_response,
+    supported_mechanisms,
+    xoauth2_response,
+)
+
+logger = logging.getLogger(__name__)
 
 BUSY_CODES = frozenset({"IN-USE", "LOGIN-DELAY", "SYS/TEMP"})
 _RESP_CODE = re.compile(rb"^-ERR \[([A-Za-z0-9/\-]+)\]")
 # One read from the socket; also the most a single over-long line can cost us.
 _CHUNK = 64 * 1024
+# The longest status or listing line we accept (poplib's own limit). Message
+# lines (RETR) have no limit.
+MAX_LINE = 2048
+# A listing that never ends is cut here: about 400,000 messages' UIDLs.
+MAX_LISTING_BYTES = 32 * 1024 * 1024
+MAX_CAPA_BYTES = 64 * 1024
+# RFC 2449 LOGIN-DELAY is honoured up to a day; a server asking for more is
+# capped rather than able to switch the mailbox off.
+MAX_LOGIN_DELAY = 24 * 3600
+_SKIPS_LOGGED = 20
+# What an answer's first line looks like; no message starts so.
+_STATUS_LINE = re.compile(rb"(\+OK|-ERR)( |\r?\n|$)")
+# "<message number>[ <text>]" (RFC 1939 scan and unique-id listings).
+_NUMBERED = re.compile(rb"(\d{1,10})(?:[ \t]+(.*))?", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -45,6 +83,14 @@ class ServerMessage:
     number: int
     uidl: str
     size: int
+
+
+@dataclass(frozen=True)
+class SkippedMessage:
+    """A listed message left alone because it cannot be identified safely."""
+
+    number: int
+    reason: str
 
 
 def response_code(response: bytes) -> str | None:
@@ -62,8 +108,262 @@ def allowed_size(listed_size: int) -> int:
     return listed_size + listed_size // 4 + 1024 * 1024
 
 
+def printable(raw: bytes, secrets: tuple[bytes, ...] = (), limit: int = 120) -> str:
+    """Server text for an error message: secrets removed first, then made printable, bounded."""
+    for secret in secrets:
+        if secret:
+            raw = raw.replace(secret, b"***")
+    text = raw.decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else "?" for c in text)[:limit]
+
+
+# -- time limits ------------------------------------------------------------------
+
+
+class _Clock:
+    """How long the answer being read may take, as a whole.
+
+    ``timeout`` alone for a command's answer; with ``min_rate`` the allowance
+    grows with the size, ``max(timeout, max(expected, received) / min_rate)``,
+    for messages and listings. ``stop_at`` (a ``time.monotonic()`` value) cuts
+    any answer off when the run's own time is up.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        timeout: float,
+        *,
+        min_rate: float = 0.0,
+        expected: int = 0,
+        stop_at: float | None = None,
+    ) -> None:
+        self.what = what
+        self.timeout = timeout
+        self.min_rate = min_rate
+        self.expected = expected
+        self.stop_at = stop_at
+        self.started = time.monotonic()
+        self.received = 0
+
+    def _limit(self) -> float:
+        allowance = self.timeout
+        if self.min_rate > 0:
+            allowance = max(allowance, max(self.expected, self.received) / self.min_rate)
+        return self.started + allowance
+
+    def deadline(self) -> float:
+        limit = self._limit()
+        return limit if self.stop_at is None else min(limit, self.stop_at)
+
+    def expired(self) -> TransferTooSlow:
+        elapsed = time.monotonic() - self.started
+        if self.stop_at is not None and self.stop_at < self._limit():
+            return TransferTooSlow(
+                f"{self.what}: cut off, the run is out of time "
+                f"({self.received} bytes in {elapsed:.1f} s)"
+            )
+        if self.min_rate > 0:
+            return TransferTooSlow(
+                f"{self.what}: server too slow, {self.received} bytes in {elapsed:.1f} s "
+                f"(allowed: POP3_TIMEOUT_SECONDS={self.timeout:g} s, or longer at "
+                f"MIN_TRANSFER_BYTES_PER_SECOND={self.min_rate:g})"
+            )
+        return TransferTooSlow(
+            f"{self.what}: no complete answer within POP3_TIMEOUT_SECONDS={self.timeout:g} s "
+            f"({self.received} bytes)"
+        )
+
+
+@dataclass(frozen=True)
+class TransferLimits:
+    """The time limits of one session (see :class:`_Clock`)."""
+
+    timeout: float
+    min_rate: float = DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND
+    # Seconds left before reads must give up whatever they are reading.
+    time_left: Callable[[], float] | None = None
+
+    def clock(self, what: str, *, size: int | None = None) -> _Clock:
+        """A command's answer (``size`` None) or a message/listing of ``size`` bytes."""
+        stop_at = None if self.time_left is None else time.monotonic() + self.time_left()
+        if size is None:
+            return _Clock(what, self.timeout, stop_at=stop_at)
+        return _Clock(what, self.timeout, min_rate=self.min_rate, expected=size, stop_at=stop_at)
+
+
+class _TimedSocketReader(io.RawIOBase):
+    """Raw reads from the client's socket, each bounded by the current answer's clock."""
+
+    def __init__(self, sock: socket.socket, client: _Client) -> None:
+        self._sock = sock
+        self._client = client
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        clock = self._client.clock
+        per_read = self._client.limits.timeout
+        left = clock.deadline() - time.monotonic()
+        if left <= 0:
+            raise clock.expired()
+        wait = min(per_read, left)
+        if wait != per_read:
+            self._sock.settimeout(wait)
+        try:
+            count = self._sock.recv_into(buffer)
+        except TimeoutError:
+            if wait != per_read:
+                raise clock.expired() from None
+            raise
+        finally:
+            if wait != per_read:
+                with contextlib.suppress(OSError):
+                    self._sock.settimeout(per_read)
+        clock.received += count
+        return count
+
+
+class _Client(poplib.POP3):
+    """poplib's client with reads that keep time limits and strict status lines.
+
+    Plain TCP, or implicit TLS when given a context (what ``POP3_SSL`` does).
+    Every line and every RETR block is read through :meth:`reader`, whose raw
+    reads follow :attr:`clock`: a fresh one per line unless a multi-line answer
+    has set its own (:meth:`begin_answer`).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        limits: TransferLimits,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        secrets: Callable[[], tuple[bytes, ...]] = tuple,
+    ) -> None:
+        self.limits = limits
+        self.label = "greeting"  # what is being read, for error messages
+        self.clock = limits.clock(self.label)
+        self._answer: _Clock | None = None
+        self._tls_context = tls_context
+        self._secrets = secrets
+        self._reader: io.BufferedReader | None = None
+        self._reader_sock: socket.socket | None = None
+        try:
+            super().__init__(host, port, timeout=limits.timeout)  # reads the greeting
+        except BaseException:
+            sock = self.__dict__.get("sock")
+            if sock is not None:
+                sock.close()
+            raise
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout)
+        if self._tls_context is None:
+            return sock
+        try:
+            return self._tls_context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+    def reader(self) -> io.BufferedReader:
+        """The buffered reader over the current socket (a new one after STLS).
+
+        Bytes buffered before STLS are dropped with the old reader, never read
+        as if they had come over TLS.
+        """
+        if self._reader is None or self._reader_sock is not self.sock:
+            raw = _TimedSocketReader(self.sock, self)
+            self._reader = io.BufferedReader(raw, buffer_size=_CHUNK)
+            self._reader_sock = self.sock
+        return self._reader
+
+    def begin_answer(self, clock: _Clock) -> None:
+        self._answer = clock
+        self.clock = clock
+
+    def end_answer(self) -> None:
+        self._answer = None
+
+    def secrets(self) -> tuple[bytes, ...]:
+        return self._secrets()
+
+    def send_line(self, line: bytes) -> None:
+        """Write one command line straight to the socket (no debug print, no audit event)."""
+        self.sock.sendall(line + b"\r\n")
+
+    # poplib's line primitives, replaced ------------------------------------------
+
+    def _getline(self) -> tuple[bytes, int]:
+        if self._answer is None:
+            self.clock = self.limits.clock(self.label)
+        line = self.reader().readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise SessionOutOfStep(f"{self.label}: a response line longer than {MAX_LINE} bytes")
+        if not line.endswith(b"\n"):
+            where = " in the middle of a line" if line else ""
+            raise ConnectionLost(f"{self.label}: the server closed the connection{where}")
+        return (line[:-2] if line.endswith(b"\r\n") else line[:-1]), len(line)
+
+    def _getresp(self) -> bytes:
+        """A status line: ``+OK`` returned, ``-ERR`` raised as poplib does, anything else
+        means the answers no longer match our commands."""
+        line, _ = self._getline()
+        if line.startswith(b"+OK"):
+            return line
+        secrets = self.secrets()
+        if line.startswith(b"-ERR"):
+            for secret in secrets:
+                if secret:
+                    line = line.replace(secret, b"***")
+            raise poplib.error_proto(line)
+        raise SessionOutOfStep(
+            f"{self.label}: expected +OK or -ERR, the server sent {printable(line, secrets)!r}"
+        )
+
+    def pass_(self, pswd: str) -> bytes:
+        """PASS written straight to the socket: poplib's own would pass the line to
+        ``sys.audit`` hooks and debug prints."""
+        self.send_line(b"PASS " + pswd.encode(self.encoding))
+        return self._getresp()
+
+    def capa(self) -> dict[str, list[str]]:
+        """RFC 2449 CAPA, bounded; names upper-cased, any bytes tolerated."""
+        self.send_line(b"CAPA")
+        self._getresp()  # -ERR: raised, as poplib's capa() does
+        capabilities: dict[str, list[str]] = {}
+        for line in self.multiline("CAPA", MAX_CAPA_BYTES):
+            words = line.decode("ascii", "replace").split()
+            if words:
+                capabilities[words[0].upper()] = words[1:]
+        return capabilities
+
+    def multiline(self, what: str, max_bytes: int) -> list[bytes]:
+        """The lines of a multi-line answer after its status line, dot-unstuffed."""
+        self.begin_answer(self.limits.clock(what, size=0))
+        try:
+            lines: list[bytes] = []
+            total = 0
+            while True:
+                line, octets = self._getline()
+                if line == b".":
+                    return lines
+                total += octets
+                if total > max_bytes:
+                    raise SessionOutOfStep(f"{what}: more than {max_bytes} bytes and no end")
+                lines.append(line[1:] if line.startswith(b".") else line)
+        finally:
+            self.end_answer()
+
+
+# -- RETR ---------------------------------------------------------------------------
+
+
 class PeekableSource(Protocol):
-    """What RetrStream reads from: a buffered reader (poplib's socket file)."""
+    """What RetrStream reads from: a buffered reader (the client's socket reader)."""
 
     def peek(self, size: int = 0, /) -> bytes: ...
 
@@ -128,6 +428,9 @@ class RetrStream:
     def _pull(self) -> None:
         try:
             block = self._source.peek(_CHUNK)
+        except Pop3Error:  # too slow (the clock ran out)
+            self._fail()
+            raise
         except (OSError, ValueError) as exc:
             self._fail()
             raise ConnectionLost(f"connection lost during RETR: {exc}") from exc
@@ -194,6 +497,9 @@ class RetrStream:
     def _consume(self, count: int) -> None:
         try:
             self._source.read(count)
+        except Pop3Error:
+            self._fail()
+            raise
         except (OSError, ValueError) as exc:
             self._fail()
             raise ConnectionLost(f"connection lost during RETR: {exc}") from exc
@@ -205,6 +511,9 @@ class RetrStream:
         self._on_finish(False)
 
 
+# -- the session ----------------------------------------------------------------------
+
+
 class Pop3Mailbox:
     """A logged-in POP3 session; leaving the ``with`` block ends it.
 
@@ -214,13 +523,23 @@ class Pop3Mailbox:
     the server forgets every DELE, which is safe.
     """
 
-    def __init__(self, config: MailboxConfig, timeout: float) -> None:
+    def __init__(
+        self,
+        config: MailboxConfig,
+        timeout: float,
+        *,
+        min_bytes_per_second: float = DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND,
+        time_left: Callable[[], float] | None = None,
+    ) -> None:
         self._config = config
-        self._timeout = timeout
-        self._client: poplib.POP3 | None = None
+        self._limits = TransferLimits(timeout, min_bytes_per_second, time_left)
+        self._client: _Client | None = None
         self._in_sync = False
+        self._token = ""  # the OAuth2 access token of this session, once fetched
         self.capabilities: dict[str, list[str]] = {}
         self.quit_ok: bool | None = None
+        # Listed messages left alone by the last list_messages() (no usable UIDL).
+        self.skipped: list[SkippedMessage] = []
 
     # -- session life cycle -------------------------------------------------
 
@@ -244,7 +563,11 @@ class Pop3Mailbox:
         if self._in_sync:
             try:
                 self.quit()
-            except Pop3Error:
+            except Pop3Error as error:
+                logger.error(
+                    "QUIT failed; this session's deletions may not be committed",
+                    extra={"error": str(error)},
+                )
                 self._close_quietly()
         else:
             self._close_quietly()
@@ -256,36 +579,45 @@ class Pop3Mailbox:
 
     def quit(self) -> None:
         client = self._require_client()
+        client.label = "QUIT"
         try:
-            client.quit()
+            client.quit()  # closes the connection after +OK
             self.quit_ok = True
         except poplib.error_proto as exc:
             self.quit_ok = False
             raise ProtocolError(
                 f"QUIT refused, deletions not committed: {self._text(exc)}"
             ) from exc
+        except ConnectionLost:
+            # Whether the server committed is unknown: count nothing as deleted.
+            self.quit_ok = False
+            raise
         except OSError as exc:
             self.quit_ok = False
             raise ConnectionLost(f"connection lost at QUIT: {exc}") from exc
         finally:
             self._in_sync = False
             self._client = None
+            if not self.quit_ok:
+                with contextlib.suppress(OSError):
+                    client.close()
 
-    def _connect(self) -> poplib.POP3:
+    def _connect(self) -> _Client:
         cfg = self._config
         where = f"{cfg.host}:{cfg.port}"
+        context = self._tls_context() if cfg.tls is TlsMode.IMPLICIT else None
         try:
-            if cfg.tls is TlsMode.IMPLICIT:
-                return poplib.POP3_SSL(
-                    cfg.host, cfg.port, timeout=self._timeout, context=self._tls_context()
-                )
-            return poplib.POP3(cfg.host, cfg.port, timeout=self._timeout)
+            return _Client(
+                cfg.host, cfg.port, self._limits, tls_context=context, secrets=self._secret_bytes
+            )
         except ssl.SSLCertVerificationError as exc:
             raise TlsError(f"TLS certificate of {where} not trusted: {exc.verify_message}") from exc
         except ssl.SSLError as exc:
             raise TlsError(f"TLS handshake with {where} failed: {exc.reason or exc}") from exc
         except poplib.error_proto as exc:
             raise self._greeting_error(exc, where) from exc
+        except ConnectionLost as exc:  # no greeting, too slow, or not POP3 at all
+            raise ConnectError(f"no usable POP3 greeting from {where}: {exc}") from exc
         except TimeoutError as exc:
             raise ConnectError(f"timed out connecting to {where}") from exc
         except OSError as exc:
@@ -296,7 +628,7 @@ class Pop3Mailbox:
         code = response_code(raw)
         if code in BUSY_CODES:
             return MailboxBusy(f"{where} is busy ({code}): {self._text(exc)}", code)
-        return ProtocolError(f"{where} sent no valid POP3 greeting: {self._text(exc)}")
+        return ConnectError(f"{where} refused the session in its greeting: {self._text(exc)}")
 
     def _tls_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context()
@@ -310,7 +642,7 @@ class Pop3Mailbox:
                 ) from exc
         return context
 
-    def _secure_and_login(self, client: poplib.POP3) -> None:
+    def _secure_and_login(self, client: _Client) -> None:
         cfg = self._config
         self._in_sync = True
         self.capabilities = self._capa(client)
@@ -320,48 +652,53 @@ class Pop3Mailbox:
                     f"{cfg.host}:{cfg.port} does not offer STLS; refusing to send "
                     "credentials in clear text (tls is 'starttls')"
                 )
-            try:
-                client.stls(context=self._tls_context())
-            except ssl.SSLCertVerificationError as exc:
-                self._in_sync = False
-                raise TlsError(
-                    f"TLS certificate of {cfg.host}:{cfg.port} not trusted: {exc.verify_message}"
-                ) from exc
-            except ssl.SSLError as exc:
-                self._in_sync = False
-                raise TlsError(f"STLS handshake with {cfg.host}:{cfg.port} failed: {exc}") from exc
-            except poplib.error_proto as exc:
-                raise TlsError(f"server refused STLS: {self._text(exc)}") from exc
+            with self._step(client, "STLS"):
+                try:
+                    client.stls(context=self._tls_context())
+                except ssl.SSLCertVerificationError as exc:
+                    self._in_sync = False
+                    raise TlsError(
+                        f"TLS certificate of {cfg.host}:{cfg.port} not trusted: "
+                        f"{exc.verify_message}"
+                    ) from exc
+                except ssl.SSLError as exc:
+                    self._in_sync = False
+                    raise TlsError(
+                        f"STLS handshake with {cfg.host}:{cfg.port} failed: {exc}"
+                    ) from exc
+                except poplib.error_proto as exc:
+                    raise TlsError(f"server refused STLS: {self._text(exc)}") from exc
             # Capabilities may change once TLS is up (RFC 2595).
             self.capabilities = self._capa(client)
         self._login(client)
 
-    def _capa(self, client: poplib.POP3) -> dict[str, list[str]]:
-        try:
-            return client.capa()
-        except poplib.error_proto:
-            return {}  # CAPA is optional (RFC 2449); we then assume the basics.
-        except OSError as exc:
-            self._in_sync = False
-            raise ConnectionLost(f"connection lost at CAPA: {exc}") from exc
+    def _capa(self, client: _Client) -> dict[str, list[str]]:
+        with self._step(client, "CAPA"):
+            try:
+                return client.capa()
+            except poplib.error_proto:
+                return {}  # CAPA is optional (RFC 2449); we then assume the basics.
 
-    def _login(self, client: poplib.POP3) -> None:
+    def _login(self, client: _Client) -> None:
         cfg = self._config
         token_provider = TokenProvider(cfg.oauth) if cfg.oauth is not None else None
         token = ""
         try:
-            if token_provider is not None:
-                token = token_provider.token()
-                auth_xoauth2(client, cfg.username, token, two_step=cfg.sasl == "xoauth2")
-            elif cfg.sasl == "plain" or (
-                cfg.sasl == "auto"
-                and "PLAIN" in supported_mechanisms(self.capabilities)
-                and "USER" not in self.capabilities
-            ):
-                auth_plain(client, cfg.username, cfg.password)
-            else:
-                client.user(cfg.username)
-                client.pass_(cfg.password)
+            with self._step(client, "login"):
+                if token_provider is not None:
+                    token = self._token = token_provider.token()
+                    auth_xoauth2(client, cfg.username, token, two_step=cfg.sasl == "xoauth2")
+                elif cfg.sasl == "plain" or (
+                    cfg.sasl == "auto"
+                    and "PLAIN" in supported_mechanisms(self.capabilities)
+                    and "USER" not in self.capabilities
+                ):
+                    auth_plain(client, cfg.username, cfg.password)
+                else:
+                    client.label = "USER"
+                    client.user(cfg.username)
+                    client.label = "PASS"
+                    client.pass_(cfg.password)
         except poplib.error_proto as exc:
             if token_provider is not None:
                 token_provider.invalidate(token)  # the next attempt fetches a fresh one
@@ -370,45 +707,69 @@ class Pop3Mailbox:
             if code in BUSY_CODES:
                 raise MailboxBusy(
                     f"mailbox {cfg.mailbox} is busy ({code}): {self._text(exc)}", code
-                ) from exc
+                ) from None
+            # "from None": the server's line, in the chained error, could echo a secret.
             raise AuthError(
                 f"login as {cfg.username!r} at {cfg.host}:{cfg.port} failed: {self._text(exc)}",
                 code,
-            ) from exc
-        except OSError as exc:
-            self._in_sync = False
-            raise ConnectionLost(f"connection lost during login: {exc}") from exc
+            ) from None
+        except ValueError as exc:  # credentials that cannot be put on the wire
+            why = (
+                "the user name or password cannot be sent as UTF-8"
+                if isinstance(exc, UnicodeError)
+                else str(exc)
+            )
+            raise AuthError(
+                f"login as {cfg.username!r} at {cfg.host}:{cfg.port} impossible: {why}"
+            ) from None
 
     # -- mailbox commands ---------------------------------------------------
 
     def list_messages(self) -> list[ServerMessage]:
-        """Every message with its UIDL and size, in server order."""
+        """Every message that has a usable UIDL, with its size, in server order.
+
+        The others (see :func:`parse_listing`) are in :attr:`skipped`, logged,
+        and left on the server.
+        """
         client = self._require_client()
+        uidl_lines = self._listing(client, "UIDL")
+        list_lines = self._listing(client, "LIST")
         try:
-            _, uidl_lines, _ = client.uidl()
-            _, list_lines, _ = client.list()
-        except poplib.error_proto as exc:
-            raise ProtocolError(
-                f"UIDL/LIST failed ({self._text(exc)}); UIDL is required for safe deletion"
-            ) from exc
-        except OSError as exc:
+            messages, self.skipped = parse_listing(uidl_lines, list_lines)
+        except SessionOutOfStep:
             self._in_sync = False
-            raise ConnectionLost(f"connection lost while listing: {exc}") from exc
-        uidls = _parse_pairs(uidl_lines, "UIDL")
-        sizes = _parse_pairs(list_lines, "LIST")
-        messages = []
-        for number, uidl in uidls.items():
-            size_text = sizes.get(number)
-            if size_text is None or not size_text.isdigit():
-                raise ProtocolError(f"LIST gave no valid size for message {number}")
-            messages.append(ServerMessage(number=number, uidl=uidl, size=int(size_text)))
-        return sorted(messages, key=lambda m: m.number)
+            raise
+        for skipped in self.skipped[:_SKIPS_LOGGED]:
+            logger.warning(
+                "message without a usable UIDL left on server",
+                extra={"message_number": skipped.number, "reason": skipped.reason},
+            )
+        if len(self.skipped) > _SKIPS_LOGGED:
+            logger.warning(
+                "more messages without a usable UIDL left on server",
+                extra={"count": len(self.skipped) - _SKIPS_LOGGED},
+            )
+        return messages
+
+    def _listing(self, client: _Client, command: str) -> list[bytes]:
+        with self._step(client, command):
+            try:
+                client.send_line(command.encode("ascii"))
+                client._getresp()
+            except poplib.error_proto as exc:
+                raise ProtocolError(
+                    f"{command} refused ({self._text(exc)}); UIDL and LIST are required "
+                    "for safe deletion"
+                ) from exc
+            return client.multiline(f"{command} listing", MAX_LISTING_BYTES)
 
     @property
     def login_delay(self) -> int:
         """RFC 2449 LOGIN-DELAY: seconds the server wants between logins (0 if none)."""
         values = self.capabilities.get("LOGIN-DELAY", [])
-        return int(values[0]) if values and values[0].isdigit() else 0
+        if not values or not (values[0].isascii() and values[0].isdigit()):
+            return 0
+        return min(int(values[0]), MAX_LOGIN_DELAY)
 
     @property
     def pipelining(self) -> bool:
@@ -419,40 +780,50 @@ class Pop3Mailbox:
         """Write commands in one go; their answers are read in the same order."""
         client = self._require_client()
         data = b"".join(command.encode("ascii") + b"\r\n" for command in commands)
-        try:
+        with self._step(client, "sending commands"):
             client.sock.sendall(data)
-        except OSError as exc:
-            self._in_sync = False
-            raise ConnectionLost(f"connection lost sending commands: {exc}") from exc
 
     def read_retr(self, message: ServerMessage) -> RetrStream:
-        """Read the answer to ``RETR``; the caller reads the stream to its end (or drains it)."""
+        """Read the answer to ``RETR``; the caller reads the stream to its end (or drains it).
+
+        The whole message must arrive within
+        max(POP3_TIMEOUT_SECONDS, LIST size / MIN_TRANSFER_BYTES_PER_SECOND).
+        """
         client = self._require_client()
-        try:
-            cast(Any, client)._getresp()  # poplib's status-line reader; no public API
-        except poplib.error_proto as exc:
-            raise ProtocolError(f"RETR {message.number} refused: {self._text(exc)}") from exc
-        except OSError as exc:
-            self._in_sync = False
-            raise ConnectionLost(f"connection lost at RETR: {exc}") from exc
+        what = f"RETR {message.number}"
+        with self._step(client, what):
+            try:
+                client._getresp()
+            except poplib.error_proto as exc:
+                raise ProtocolError(f"{what} refused: {self._text(exc)}") from exc
         self._in_sync = False  # until the terminating line is read
-        return RetrStream(
-            cast(PeekableSource, client.file), allowed_size(message.size), self._retr_finished
-        )
+        client.begin_answer(self._limits.clock(what, size=message.size))
+        reader = client.reader()
+        with self._step(client, what):
+            head = reader.peek(8)[:8]
+        if _STATUS_LINE.match(head):
+            # An answer too many came before (a stray line, or answers out of
+            # order): this "message" would be the next answer. Stop here.
+            client.end_answer()
+            raise SessionOutOfStep(
+                f"{what}: the message starts with a status line "
+                f"({printable(head, client.secrets())!r}); answers are out of step"
+            )
+        return RetrStream(reader, allowed_size(message.size), self._retr_finished)
 
     def read_dele(self, message: ServerMessage) -> None:
         """Read the answer to ``DELE``."""
         client = self._require_client()
-        try:
-            cast(Any, client)._getresp()
-        except poplib.error_proto as exc:
-            raise ProtocolError(f"DELE {message.number} refused: {self._text(exc)}") from exc
-        except OSError as exc:
-            self._in_sync = False
-            raise ConnectionLost(f"connection lost at DELE: {exc}") from exc
+        with self._step(client, f"DELE {message.number}"):
+            try:
+                client._getresp()
+            except poplib.error_proto as exc:
+                raise ProtocolError(f"DELE {message.number} refused: {self._text(exc)}") from exc
 
     def _retr_finished(self, clean: bool) -> None:
         self._in_sync = clean
+        if self._client is not None:
+            self._client.end_answer()
 
     @property
     def usable(self) -> bool:
@@ -460,7 +831,20 @@ class Pop3Mailbox:
 
     # -- helpers ------------------------------------------------------------
 
-    def _require_client(self) -> poplib.POP3:
+    @contextlib.contextmanager
+    def _step(self, client: _Client, step: str) -> Iterator[None]:
+        """One protocol step: transport failures become ConnectionLost, and out of step."""
+        client.label = step
+        try:
+            yield
+        except ConnectionLost:  # ours: closed, too slow, out of step
+            self._in_sync = False
+            raise
+        except OSError as exc:
+            self._in_sync = False
+            raise ConnectionLost(f"connection lost at {step}: {exc}") from exc
+
+    def _require_client(self) -> _Client:
         if self._client is None:
             raise ProtocolError("POP3 session is closed")
         if not self._in_sync:
@@ -474,23 +858,104 @@ class Pop3Mailbox:
             with contextlib.suppress(OSError):
                 client.close()
 
+    def _secret_bytes(self) -> tuple[bytes, ...]:
+        """What must never appear in an error message, as a server might echo it:
+        the password, the access token and OAuth2 secrets, and the base64 SASL
+        strings that carry them."""
+        cfg = self._config
+        values = [cfg.password, self._token]
+        if cfg.oauth is not None:
+            values += cfg.oauth.secret_values()
+        out: list[bytes] = []
+        for value in values:
+            if value:
+                out.append(value.encode("utf-8", "replace"))
+                with contextlib.suppress(UnicodeError):
+                    out.append(value.encode("latin-1"))
+        if cfg.password:
+            with contextlib.suppress(ValueError):
+                out.append(plain_response(cfg.username, cfg.password))
+        if self._token:
+            with contextlib.suppress(ValueError):
+                out.append(xoauth2_response(cfg.username, self._token))
+        # Longest first: a secret inside another is hidden with it.
+        return tuple(sorted(set(out), key=len, reverse=True))
+
     def _text(self, exc: poplib.error_proto) -> str:
-        """Server text for an error message: printable, bounded, never the password."""
+        """Server text for an error message: printable, bounded, never a secret."""
         raw = exc.args[0] if exc.args else b""
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        text = "".join(c if c.isprintable() else "?" for c in text)[:200]
-        if self._config.password and self._config.password in text:
-            text = text.replace(self._config.password, "***")
-        return text
+        data = raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "replace")
+        return printable(data, self._secret_bytes(), limit=200)
 
 
-def _parse_pairs(lines: list[bytes], command: str) -> dict[int, str]:
-    pairs: dict[int, str] = {}
-    for line in lines:
-        parts = line.split()
-        if len(parts) != 2 or not parts[0].isdigit():
-            raise ProtocolError(f"malformed {command} line: {line[:80]!r}")
-        # latin-1 keeps any byte a hostile server sends, reversibly; keys are
-        # derived from a hash of it, never from the text itself.
-        pairs[int(parts[0])] = parts[1].decode("latin-1")
-    return pairs
+# -- listings ---------------------------------------------------------------------------
+
+
+def parse_listing(
+    uidl_lines: list[bytes], list_lines: list[bytes]
+) -> tuple[list[ServerMessage], list[SkippedMessage]]:
+    """Pair the UIDL and LIST listings; leave out what cannot be identified safely.
+
+    A line that does not start with a message number means the answers are out
+    of step (:class:`SessionOutOfStep`). A message is skipped, and stays on the
+    server, when its number is 0 or listed twice, it is missing from either
+    listing, its size is not a number, its UIDL is empty, or its UIDL is shared
+    with another message: two messages with one UIDL cannot be told apart
+    across sessions, so neither may be fetched and deleted on that UIDL's word.
+
+    Any other UIDL is accepted as the server sent it (RFC 1939 asks for 1-70
+    characters in 0x21-0x7E; longer ones, ``/``, ``..``, ``%``, spaces inside
+    and 8-bit bytes are taken as they are, decoded as latin-1 so every byte
+    survives). Object keys hold a digest of it, never the text itself.
+    """
+    uidls, uidl_twice = _numbered(uidl_lines, "UIDL")
+    sizes, size_twice = _numbered(list_lines, "LIST")
+    by_uidl: dict[bytes, list[int]] = {}
+    for number, rest in uidls.items():
+        uidl = rest.strip(b" \t")
+        if uidl and number not in uidl_twice:
+            by_uidl.setdefault(uidl, []).append(number)
+    messages: list[ServerMessage] = []
+    skipped: list[SkippedMessage] = []
+    for number in sorted(set(uidls) | set(sizes) | uidl_twice | size_twice):
+        uidl = uidls.get(number, b"").strip(b" \t")
+        size_words = sizes.get(number, b"").split()
+        reason = None
+        if number == 0:
+            reason = "message number 0"
+        elif number in uidl_twice or number in size_twice:
+            reason = "message number listed twice"
+        elif number not in uidls:
+            reason = "listed by LIST but not by UIDL"
+        elif not uidl:
+            reason = "empty UIDL"
+        elif len(by_uidl[uidl]) > 1:
+            others = ", ".join(str(n) for n in by_uidl[uidl][:5] if n != number)
+            reason = f"UIDL shared with message(s) {others}"
+        elif number not in sizes:
+            reason = "listed by UIDL but not by LIST"
+        elif not size_words or not size_words[0].isdigit():
+            reason = "LIST size is not a number"
+        if reason is not None:
+            skipped.append(SkippedMessage(number, reason))
+            continue
+        messages.append(ServerMessage(number, uidl.decode("latin-1"), int(size_words[0])))
+    return messages, skipped
+
+
+def _numbered(lines: list[bytes], command: str) -> tuple[dict[int, bytes], set[int]]:
+    """``{number: rest of line}`` and the numbers that came more than once."""
+    entries: dict[int, bytes] = {}
+    twice: set[int] = set()
+    for index, line in enumerate(lines, start=1):
+        match = _NUMBERED.fullmatch(line)
+        if match is None:
+            raise SessionOutOfStep(
+                f"{command} listing line {index} is not '<number> <value>': "
+                f"{printable(line, limit=80)!r}"
+            )
+        number = int(match.group(1))
+        if number in entries:
+            twice.add(number)
+        entries[number] = match.group(2) or b""
+    return entries, twice

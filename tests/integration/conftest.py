@@ -8,6 +8,7 @@ import json
 import logging
 import poplib
 import ssl
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -164,6 +165,10 @@ def output(capsys: pytest.CaptureFixture[str]) -> Iterator[CapturedOutput]:
 
     handler = logger.registered_handler
     assert isinstance(handler, logging.StreamHandler)
+    if getattr(handler.stream, "closed", False):
+        # Powertools kept the stdout of the test that first imported the app;
+        # when that was a capsys stream it is closed by now.
+        handler.stream = sys.stdout
     stream = io.StringIO()
     previous = handler.setStream(stream)
     try:

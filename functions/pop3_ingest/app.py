@@ -334,6 +334,7 @@ def _report(summary: RunSummary, *, started: float, busy_code: str | None = None
         "quarantined": summary.quarantined,
         "in_quarantine": summary.in_quarantine,
         "reappeared": summary.reappeared,
+        "unlisted": summary.unlisted,
         "left_on_server": summary.left_on_server,
         "sessions": summary.sessions,
         "stopped": summary.stopped.value,

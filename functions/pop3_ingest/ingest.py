@@ -190,7 +190,8 @@ class RunSummary:
     quarantined: int = 0  # newly quarantined in this run
     in_quarantine: int = 0  # on the server and skipped because quarantined
     reappeared: int = 0  # deleted before, listed again: not announced again
-    redeleted: int = 0  # announced in an earlier session, deleted now without RETR
+    redeleted: int = 0  # announced in an earlier session, deleted now without a new pointer
+    unlisted: int = 0  # listed without a usable UIDL: left on the server
     bytes_stored: int = 0
     sessions: int = 0
     stopped: StopReason = StopReason.COMPLETED
@@ -432,7 +433,10 @@ class _SessionRun:
     def _plan(self) -> None:
         messages = self.mailbox.list_messages()
         if self.first:
-            self.summary.messages_on_server = len(messages)
+            # Listing entries without a usable UIDL stay on the server too.
+            unusable = len(getattr(self.mailbox, "skipped", ()))
+            self.summary.messages_on_server = len(messages) + unusable
+            self.summary.unlisted = unusable
         state = self.run_.state
         if self.first:
             state.forget_absent({uidl_digest(m.uidl) for m in messages}, time.time())

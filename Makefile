@@ -26,7 +26,7 @@ endif
 
 DOVECOT_PACKAGES := dovecot-core dovecot-pop3d openssl
 
-.PHONY: help venv deps deps-system lint typecheck template test unit demo fmt clean distclean
+.PHONY: help venv deps deps-system lint typecheck security audit lock template test unit demo fmt clean distclean
 
 help:
 	@cat <<'EOF'
@@ -36,7 +36,9 @@ help:
 	make lint         ruff check + ruff format --check
 	make typecheck    mypy (strict)
 	make template     cfn-lint, sam validate --lint, checkov (both Modes), sam build (offline)
-	make test         deps + lint + typecheck + template + pytest (everything)
+	make test         deps + lint + typecheck + security + template + pytest (everything)
+	make security     bandit on functions/ + vulnerability scan of requirements.lock
+	make lock         re-pin requirements.lock from pyproject.toml (uv)
 	make unit         pytest tests/unit
 	make demo         deps + scripts/demo.py
 	make fmt          ruff --fix + ruff format
@@ -46,9 +48,11 @@ help:
 venv: $(STAMP)
 
 # Reinstalls whenever pyproject.toml changes.
-$(STAMP): pyproject.toml
+# Installs the pinned set from requirements.lock, then the project itself.
+$(STAMP): pyproject.toml requirements.lock
 	if [ ! -x "$(BIN)/python" ]; then "$(PYTHON)" -m venv "$(VENV)"; fi
-	"$(BIN)/python" -m pip install -e '.[dev]'
+	"$(BIN)/python" -m pip install -r requirements.lock
+	"$(BIN)/python" -m pip install --no-deps -e .
 	touch "$@"
 
 deps: venv deps-system
@@ -141,8 +145,21 @@ template: venv
 	PATH="$$(dirname "$$runtime_python"):$$PATH" \
 	  "$(BIN)/sam" build --template-file template.yaml --build-dir "$(SAM_BUILD_DIR)"
 
-test: deps lint typecheck template
+test: deps lint typecheck security template
 	"$(BIN)/python" -m pytest
+
+# Security lint of the function's code, and a vulnerability scan of the lock.
+security: venv
+	"$(BIN)/bandit" -q -r functions -c pyproject.toml
+	"$(BIN)/python" scripts/audit_dependencies.py
+
+audit: venv
+	"$(BIN)/python" scripts/audit_dependencies.py
+
+# Re-pin every dependency (needs the package index); commit the result.
+lock: venv
+	"$(BIN)/uv" pip compile pyproject.toml --extra dev --python-version 3.11 \
+	  --python-platform x86_64-unknown-linux-gnu -o requirements.lock
 
 unit: venv
 	"$(BIN)/python" -m pytest tests/unit

@@ -9,6 +9,8 @@ would share a GIL with the latency proxy and skew both.
 
 What it adds to moto:
 
+- Keep-alive: werkzeug closes every connection; real S3 and SQS do not
+  (``keep_alive_handler``).
 - ``LatencyMiddleware`` sleeps ``latency`` before every AWS request. The server
   is threaded (one thread per connection, HTTP/1.1 keep-alive), so concurrent
   calls wait side by side, as they would against real S3 and SQS.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
 import re
@@ -89,6 +92,20 @@ def operation_name(environ: dict[str, Any]) -> str:
     return f"s3:{method}"
 
 
+def _buffer_body(environ: dict[str, Any]) -> None:
+    """Read a request body completely before the app sees it.
+
+    Keep-alive (below) needs every body consumed, or its leftover bytes would be
+    read as the next request; an app that ignores a body cannot break that now.
+    """
+    if environ.get("wsgi.input_terminated"):  # chunked: werkzeug de-chunks to EOF
+        environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read())
+        return
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    if length > 0:
+        environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(length))
+
+
 class LatencyMiddleware:
     """Sleeps before each AWS call and counts it; serves the /__bench endpoints itself."""
 
@@ -99,6 +116,7 @@ class LatencyMiddleware:
         self._counts: Counter[str] = Counter()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        _buffer_body(environ)
         path = environ.get("PATH_INFO", "")
         if path.startswith("/__bench/"):
             return self._bench(path, environ, start_response)
@@ -128,6 +146,61 @@ class LatencyMiddleware:
         return [body]
 
 
+def keep_alive_handler(base: type[Any]) -> type[Any]:
+    """``base`` (moto's request handler) serving HTTP/1.1 keep-alive.
+
+    werkzeug 3 closes every connection (and drains the socket after each
+    response, which would swallow a kept-alive client's next request). Real
+    S3 and SQS keep connections open; without that every call here would pay a
+    new TCP connection and a new server thread, in the client and in moto
+    alike. This ``run_wsgi`` keeps werkzeug's environ (and moto's header
+    handling) but writes each response with an exact Content-Length and leaves
+    the connection open unless the client asked to close it. Request bodies
+    are always read in full first (``_buffer_body``), so nothing is left over.
+    """
+
+    class KeepAliveHandler(base):  # type: ignore[misc]
+        def run_wsgi(self) -> None:
+            environ = self.make_environ()
+            started: list[Any] = []
+            chunks: list[bytes] = []
+
+            def start_response(status: str, headers: list[tuple[str, str]], exc: Any = None) -> Any:
+                started[:] = [status, headers]
+                return chunks.append
+
+            try:
+                result = self.server.app(environ, start_response)
+                try:
+                    chunks.extend(result)
+                finally:
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()
+            except Exception as exc:  # report it like a server would, then hang up
+                started[:] = ["500 Internal Server Error", [("Content-Type", "text/plain")]]
+                chunks[:] = [f"benchmark server error: {exc!r}".encode()]
+                self.close_connection = True
+            status, headers = started
+            code, _, reason = status.partition(" ")
+            body = b"".join(chunks)
+            self.send_response(int(code), reason)
+            head_only = environ["REQUEST_METHOD"] == "HEAD"
+            for name, value in headers:
+                lower = name.lower()
+                if lower == "connection" or (lower == "content-length" and not head_only):
+                    continue
+                self.send_header(name, value)
+            bodyless = head_only or int(code) in (204, 304) or int(code) < 200
+            if not bodyless:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if body and not bodyless:
+                self.wfile.write(body)
+
+    return KeepAliveHandler
+
+
 def make_moto_cheaper() -> None:
     """Cache moto's list of its own modules (see module doc); behaviour is unchanged."""
     from moto import backends
@@ -154,7 +227,9 @@ def make_sqs_counts_cheap() -> None:
     queue.approximate_number_of_messages_delayed = property(_zero)
 
 
-def serve(latency_ms: float, *, cheap_sqs_counts: bool = True, port: int = 0) -> Any:
+def serve(
+    latency_ms: float, *, cheap_sqs_counts: bool = True, keep_alive: bool = True, port: int = 0
+) -> Any:
     """Start the server in a daemon thread; returns the werkzeug server (``.shutdown()``)."""
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
@@ -167,7 +242,8 @@ def serve(latency_ms: float, *, cheap_sqs_counts: bool = True, port: int = 0) ->
     if cheap_sqs_counts:
         make_sqs_counts_cheap()
     app = LatencyMiddleware(DomainDispatcherApplication(create_backend_app), latency_ms / 1000)
-    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
+    handler = keep_alive_handler(MotoRequestHandler) if keep_alive else MotoRequestHandler
+    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=handler)
     threading.Thread(target=server.serve_forever, name="moto", daemon=True).start()
     return server
 
@@ -181,9 +257,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep moto's O(n) SQS approximate counts (default: made O(1))",
     )
+    parser.add_argument(
+        "--no-keep-alive", action="store_true", help="werkzeug's one connection per request"
+    )
     parser.add_argument("--max-seconds", type=float, default=_MAX_SECONDS_DEFAULT)
     args = parser.parse_args(argv)
-    server = serve(args.latency_ms, cheap_sqs_counts=not args.moto_sqs_counts, port=args.port)
+    server = serve(
+        args.latency_ms,
+        cheap_sqs_counts=not args.moto_sqs_counts,
+        keep_alive=not args.no_keep_alive,
+        port=args.port,
+    )
     host, port = server.server_address[:2]
     print(json.dumps({"endpoint": f"http://{host}:{port}"}), flush=True)
     # Bounded: stop when the parent closes our stdin (it exited) or after max-seconds.
@@ -317,14 +401,19 @@ class AwsProcess:
         with urllib.request.urlopen(f"{self.endpoint_url}/__bench/stats", timeout=60) as resp:
             return {str(k): int(v) for k, v in json.loads(resp.read()).items()}
 
-    def object_count(self, bucket: str) -> tuple[int, int]:
-        """(objects, bytes) in ``bucket``."""
+    def object_count(self, bucket: str, suffix: str = ".eml") -> tuple[int, int]:
+        """(objects, bytes) in ``bucket`` whose keys end with ``suffix``.
+
+        Messages are ``<prefix><mailbox>/<digest>.eml``; the handler's own
+        bookkeeping objects (run state, quarantine records) are not messages.
+        """
         count = size = 0
         paginator = self.client("s3").get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket):
             for obj in page.get("Contents", []):
-                count += 1
-                size += int(obj["Size"])
+                if str(obj["Key"]).endswith(suffix):
+                    count += 1
+                    size += int(obj["Size"])
         return count, size
 
     def queue_depth(self, queue_url: str) -> int:

@@ -99,11 +99,17 @@ def run_measured(
 
         waiter = threading.Thread(target=reap, daemon=True)
         waiter.start()
-        waiter.join(timeout=timeout_s)
-        timed_out = waiter.is_alive()
-        if timed_out:
-            os.killpg(proc.pid, signal.SIGKILL)
-            waiter.join(timeout=30)
+        timed_out = True
+        try:
+            waiter.join(timeout=timeout_s)
+            timed_out = waiter.is_alive()
+        finally:
+            # At the timeout, and also when the harness itself is interrupted
+            # (Ctrl-C, SIGTERM): the contender's whole group goes with it.
+            if waiter.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                waiter.join(timeout=30)
     if "status" not in outcome:
         raise RuntimeError(f"{cmd[0]} (pid {proc.pid}) could not be reaped")
     proc.returncode = os.waitstatus_to_exitcode(outcome["status"])  # Popen must not wait again
@@ -140,6 +146,8 @@ class Setup:
     timeout_s: float
     ours_env: dict[str, str] = field(default_factory=dict)  # extra settings for the handler
     profile: bool = False
+    # Puts the full corpus back on the server (for a contender that must start over).
+    redeliver: Callable[[], None] = lambda: None
 
 
 @dataclass
@@ -266,8 +274,30 @@ def run_ours(setup: Setup) -> Outcome:
 # -- getmail6 ------------------------------------------------------------------
 
 
+# getmail6 (6.18 in Debian) installs its SIGCHLD handler only after fork(): a
+# delivery child that exits first is never noticed, and getmail waits out its
+# timeout, then gives up ("waiting child pid N timed out"; upstream issue #226).
+# On these busy 2 cores that hits about one run in ten. Such an attempt is not a
+# measurement of getmail's speed, so it is started over (at most twice) and
+# the note says so.
+_GETMAIL_RACE = "waiting child pid"
+_GETMAIL_ATTEMPTS = 3
+
+
 def run_getmail(setup: Setup) -> Outcome:
-    home = setup.work / "getmail"
+    notes: list[str] = []
+    for attempt in range(1, _GETMAIL_ATTEMPTS + 1):
+        outcome, raced = _getmail_once(setup, attempt)
+        if not raced or attempt == _GETMAIL_ATTEMPTS:
+            break
+        notes.append(f"attempt {attempt} hit getmail's child-wait race, started over")
+        setup.redeliver()
+    outcome.note = "; ".join([*notes, outcome.note] if outcome.note else notes)
+    return outcome
+
+
+def _getmail_once(setup: Setup, attempt: int) -> tuple[Outcome, bool]:
+    home = setup.work / f"getmail-{attempt}"
     home.mkdir()
     home.chmod(0o755)  # the delivering child runs as nobody and must reach the Maildir
     maildir = _make_maildir(home / "Maildir", owner="nobody")
@@ -280,7 +310,8 @@ def run_getmail(setup: Setup) -> Outcome:
         f"username = {setup.user}\n"
         f"password = {setup.password}\n"
         f"ca_certs = {setup.ca_file}\n"
-        "timeout = 120\n"
+        # Socket timeout, and also how long getmail waits for a delivery child.
+        "timeout = 30\n"
         "\n[destination]\n"
         "type = Maildir\n"
         f"path = {maildir}/\n"
@@ -292,11 +323,12 @@ def run_getmail(setup: Setup) -> Outcome:
         "message_log_syslog = false\n"
     )
     rc.chmod(0o600)
-    log_path = setup.work / "getmail.log"
+    log_path = setup.work / f"getmail-{attempt}.log"
     cmd = ["getmail", "--rcfile", str(rc), "--getmaildir", str(home)]
     proc = run_measured(cmd, env=_base_env(), log_path=log_path, timeout_s=setup.timeout_s)
     count, size = _maildir_count(maildir)
-    return Outcome(
+    raced = proc.returncode != 0 and _GETMAIL_RACE in log_path.read_text(errors="replace")
+    outcome = Outcome(
         contender="getmail6",
         messages=count,
         bytes=size,
@@ -306,7 +338,9 @@ def run_getmail(setup: Setup) -> Outcome:
         max_rss_mb=proc.max_rss_mb,
         ok=proc.returncode == 0,
         note=_status_note(proc, log_path),
+        extra={"attempts": attempt},
     )
+    return outcome, raced
 
 
 # -- fetchmail -----------------------------------------------------------------

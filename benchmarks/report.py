@@ -163,6 +163,7 @@ def _ratios(results: dict[str, Any], scenario: str, *, by_bytes: bool) -> list[s
                 _fmt(inner(ours), 1) if ours else NONE,
                 _ratio(e2e(ours), e2e(get["getmail6"])) if ours and get["getmail6"] else NONE,
                 verdict,
+                _ratio(inner(ours), e2e(get["getmail6"])) if ours and get["getmail6"] else NONE,
                 _ratio(e2e(ours), e2e(get["fetchmail"])) if ours and get["fetchmail"] else NONE,
                 _fmt(limit_values.get("bare"), 1),
                 _fmt(limit_values.get("sink"), 1),
@@ -176,6 +177,7 @@ def _ratios(results: dict[str, Any], scenario: str, *, by_bytes: bool) -> list[s
         f"ours {unit} in-process",
         "ours / getmail6",
         "issue floor",
+        "warm ours / getmail6",
         "ours / fetchmail",
         f"(a) bare {unit}",
         f"(b) sink {unit}",
@@ -260,7 +262,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"Produced by `make bench` (`{meta.get('command', '')}`), {meta.get('started', '')} "
         f"to {meta.get('finished', '')}, on {machine.get('cpus', '?')} cores "
-        f"({machine.get('cpu', 'unknown CPU')}), Python {machine.get('python', '?')}.",
+        f"({machine.get('cpu', 'unknown CPU')}), Python {machine.get('python', '?')}; "
+        f"load average {meta.get('loadavg', {}).get('start', '?')} at the start, "
+        f"{meta.get('loadavg', {}).get('end', '?')} at the end.",
         "",
         "Setup: one Dovecot (POP3 with implicit TLS on 127.0.0.1, throwaway CA every "
         "contender verifies); round-trip time added by `benchmarks/latency_proxy.py` "
@@ -286,7 +290,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         by_bytes = name == "large"
         lines += [
             f"Ours against the peers (end to end) and the limits (in-process), by "
-            f"{'MB/s' if by_bytes else 'messages/s'}:",
+            f"{'MB/s' if by_bytes else 'messages/s'}. *Warm* compares our in-process rate "
+            "(a warm Lambda: no interpreter start, no imports) with the peer's end-to-end one.",
             "",
         ]
         lines += [*_ratios(results, name, by_bytes=by_bytes), ""]

@@ -24,8 +24,10 @@ import platform
 import secrets
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -118,6 +120,13 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return ""
+
+
 def _tool_versions() -> dict[str, str]:
     versions: dict[str, str] = {}
     with contextlib.suppress(Exception):
@@ -138,6 +147,7 @@ class Bench:
 
     def run(self) -> dict[str, Any]:
         started = datetime.now(UTC)
+        load_before = _loadavg()
         with contextlib.ExitStack() as stack:
             log("starting Dovecot and the moto server")
             dovecot = stack.enter_context(DovecotServer())
@@ -155,6 +165,8 @@ class Bench:
             "meta": {
                 "started": started.isoformat(timespec="seconds"),
                 "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+                # Anything else running on the machine skews the timings.
+                "loadavg": {"start": load_before, "end": _loadavg()},
                 "command": self.config.command,
                 "aws_latency_ms": self.config.aws_latency_ms,
                 "concurrency": self.config.concurrency,
@@ -213,7 +225,8 @@ class Bench:
         run_dir.mkdir()
         run_dir.chmod(0o755)
         pop3 = contender != "sink"
-        if pop3:
+
+        def redeliver() -> None:
             deliver(
                 corpus,
                 self.maildir,
@@ -221,6 +234,9 @@ class Bench:
                 gid=self.dovecot.mail_gid,
                 round_id=next(self.rounds),
             )
+
+        if pop3:
+            redeliver()
         setup = Setup(
             work=run_dir,
             pop3_host=HOST,
@@ -236,6 +252,7 @@ class Bench:
             timeout_s=self.config.timeout_s,
             ours_env=self.config.ours_env,
             profile=self.config.profile and contender == "ours",
+            redeliver=redeliver,
         )
         log(f"{scenario} rtt={rtt:g}ms {contender}: running")
         outcome = RUNNERS[contender](setup)
@@ -393,9 +410,21 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
     )
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C: every finally block runs,
+    # so Dovecot, moto, the proxy and a running contender are all stopped.
+    sys.exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    results = run_benchmark(config)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if in_main_thread else None
+    try:
+        results = run_benchmark(config)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     failed = [r for r in results["runs"] if not r.get("ok") and not r.get("skipped")]
     for run in failed:
         log(f"FAILED {run['scenario']} {run['rtt_ms']:g}ms {run['contender']}: {run['note']}")

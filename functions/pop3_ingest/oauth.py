@@ -33,7 +33,7 @@ from typing import Any
 from pop3_ingest.errors import AuthError, ConnectError, SecretError, TlsError
 
 MICROSOFT_365_SCOPE = "https://outlook.office365.com/.default"
-GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"  # noqa: S105 - an endpoint, not a secret
+GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"  # noqa: S105  # nosec B105
 
 DEFAULT_TIMEOUT_S = 10.0
 # A cached token is used until this long before the endpoint said it expires.

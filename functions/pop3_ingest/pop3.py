@@ -535,7 +535,8 @@ class Pop3Mailbox:
         self._limits = TransferLimits(timeout, min_bytes_per_second, time_left)
         self._client: _Client | None = None
         self._in_sync = False
-        self._token = ""  # the OAuth2 access token of this session, once fetched
+        # Empty until the OAuth2 access token of this session is fetched.
+        self._token = ""  # nosec B105
         self.capabilities: dict[str, list[str]] = {}
         self.quit_ok: bool | None = None
         # Listed messages left alone by the last list_messages() (no usable UIDL).
@@ -682,7 +683,7 @@ class Pop3Mailbox:
     def _login(self, client: _Client) -> None:
         cfg = self._config
         token_provider = TokenProvider(cfg.oauth) if cfg.oauth is not None else None
-        token = ""
+        token = ""  # nosec B105
         try:
             with self._step(client, "login"):
                 if token_provider is not None:

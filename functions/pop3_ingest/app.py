@@ -125,7 +125,27 @@ def _run_one(secret_override: object, context: LambdaContext) -> dict[str, Any]:
         raise
     logger.append_keys(mailbox=config.mailbox)
     metrics.add_dimension(name="mailbox", value=config.mailbox)
-    return fetch_mailbox(config, settings, context)
+    try:
+        result = fetch_mailbox(config, settings, context)
+    except AuthError:
+        fresh = _rotated(config, secret_override, settings)
+        if fresh is None:
+            raise
+        return fetch_mailbox(fresh, settings, context)
+    if result["stopped"] == StopReason.AUTH_SUSPENDED.value:
+        fresh = _rotated(config, secret_override, settings)
+        if fresh is not None:
+            return fetch_mailbox(fresh, settings, context)
+    return result
+
+
+def _rotated(config: MailboxConfig, override: object, settings: Settings) -> MailboxConfig | None:
+    """The secret read again past the cache, if it changed since (a rotation)."""
+    fresh = load_mailbox_config(_choose_secret(override, settings), fresh=True)
+    if fresh.fingerprint() == config.fingerprint():
+        return None
+    logger.info("the secret changed since it was cached; logging in with the new one")
+    return fresh
 
 
 def _choose_secret(override: object, settings: Settings) -> str:

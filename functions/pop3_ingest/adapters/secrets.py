@@ -15,9 +15,12 @@ from pop3_ingest.errors import SecretError
 SECRET_MAX_AGE_SECONDS = 300
 
 
-def load_mailbox_config(secret_id: str) -> MailboxConfig:
+def load_mailbox_config(secret_id: str, *, fresh: bool = False) -> MailboxConfig:
+    """The mailbox settings; ``fresh`` bypasses the cache (after a failed login)."""
     try:
-        data = parameters.get_secret(secret_id, transform="json", max_age=SECRET_MAX_AGE_SECONDS)
+        data = parameters.get_secret(
+            secret_id, transform="json", max_age=SECRET_MAX_AGE_SECONDS, force_fetch=fresh
+        )
     except TransformParameterError as exc:
         raise SecretError(f"secret {secret_id!r} is not valid JSON") from exc
     except GetParameterError as exc:

@@ -228,6 +228,7 @@ def fetch_mailbox(
             upload_workers=settings.upload_workers,
             commit_every_messages=settings.commit_every_messages,
             commit_every_bytes=settings.commit_every_bytes,
+            commit_every_seconds=settings.commit_every_seconds,
             poison_threshold=settings.poison_threshold,
         ),
         state=state,

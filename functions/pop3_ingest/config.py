@@ -237,10 +237,11 @@ class Settings:
     deadline_margin_seconds: float = 20.0
     pop3_timeout_seconds: float = 30.0
     min_transfer_bytes_per_second: float = DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND
-    pipeline_window: int = 16
+    pipeline_window: int = 64
     upload_workers: int = 8
-    commit_every_messages: int = 250
+    commit_every_messages: int = 1000
     commit_every_bytes: int = 256 * 1024 * 1024
+    commit_every_seconds: float = 60.0
     poison_threshold: int = 3
     auth_failure_limit: int = 3
 
@@ -271,10 +272,11 @@ class Settings:
                 DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND,
                 minimum=1.0,
             ),
-            pipeline_window=_int_env(env, "PIPELINE_WINDOW", 16, minimum=1),
+            pipeline_window=_int_env(env, "PIPELINE_WINDOW", 64, minimum=1),
             upload_workers=_int_env(env, "UPLOAD_WORKERS", 8, minimum=1),
-            commit_every_messages=_int_env(env, "COMMIT_EVERY_MESSAGES", 250, minimum=1),
+            commit_every_messages=_int_env(env, "COMMIT_EVERY_MESSAGES", 1000, minimum=1),
             commit_every_bytes=_int_env(env, "COMMIT_EVERY_BYTES", 256 * 1024 * 1024, minimum=1),
+            commit_every_seconds=_float_env(env, "COMMIT_EVERY_SECONDS", 60.0, minimum=1.0),
             poison_threshold=_int_env(env, "POISON_THRESHOLD", 3, minimum=1),
             auth_failure_limit=_int_env(env, "AUTH_FAILURE_LIMIT", 3, minimum=1),
         )

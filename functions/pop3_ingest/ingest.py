@@ -135,14 +135,17 @@ class IngestOptions:
     delete: bool = True
     max_messages: int = 0  # 0: no cap
     max_message_size: int = 50 * MIB
-    pipeline_window: int = 16
+    pipeline_window: int = 64
     upload_workers: int = 8
     # Downloaded messages waiting for their upload; bounds memory with the
     # streaming threshold (bigger messages never sit in memory whole).
     memory_budget: int = 32 * MIB
     stream_threshold: int = 8 * MIB
-    commit_every_messages: int = 250
+    # A session is committed (QUIT, reconnect) after whichever comes first, so
+    # a crash repeats at most that much work; each commit costs a reconnect.
+    commit_every_messages: int = 1000
     commit_every_bytes: int = 256 * MIB
+    commit_every_seconds: float = 60.0
     # Failures in a row (across runs) after which a message is quarantined.
     poison_threshold: int = 3
 
@@ -222,6 +225,9 @@ class _Stored:
 
 
 _BATCH_WAIT_SECONDS = 0.05
+# A session that listed at least this many messages and deleted them all is
+# followed by another: the server may have listed only part of the mailbox.
+_CAPPED_LISTING = 200
 
 
 class MailboxIngest:
@@ -282,8 +288,14 @@ class MailboxIngest:
                 if more.stop is not None:
                     summary.stopped = more.stop
                     return summary
-                if not more.commit_and_continue:
-                    return summary
+                if more.commit_and_continue:
+                    continue
+                if more.listed >= _CAPPED_LISTING and more.marked and session.quit_ok:
+                    # Some providers (Gmail: about 250) list only part of a big
+                    # mailbox per session; look again while there is time.
+                    logger.info("large listing drained; reconnecting for more")
+                    continue
+                return summary
         finally:
             # Past the deadline, uploads still running are not waited for: their
             # messages were not deleted and a later run finds them stored.
@@ -332,6 +344,7 @@ class _SessionOutcome:
     marked: list[ServerMessage] = field(default_factory=list)
     stop: StopReason | None = None
     commit_and_continue: bool = False
+    listed: int = 0
     # A retrieved message failed: end without QUIT so that servers which mark
     # retrieved mail as read at QUIT (Gmail) do not hide it from the next run.
     abandon: bool = False
@@ -367,6 +380,7 @@ class _SessionRun:
         self.sent_retr = 0
         self.sent_bytes = 0
         self.outcome = _SessionOutcome()
+        self.started = time.monotonic()
         self.fetching = True
         self.winding_down = False
 
@@ -432,6 +446,7 @@ class _SessionRun:
 
     def _plan(self) -> None:
         messages = self.mailbox.list_messages()
+        self.outcome.listed = len(messages)
         if self.first:
             # Listing entries without a usable UIDL stay on the server too.
             unusable = len(getattr(self.mailbox, "skipped", ()))
@@ -550,6 +565,7 @@ class _SessionRun:
             and (
                 self.sent_retr >= opts.commit_every_messages
                 or self.sent_bytes + message.size > opts.commit_every_bytes
+                or time.monotonic() - self.started > opts.commit_every_seconds
             )
         ):
             return "commit"

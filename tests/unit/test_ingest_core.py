@@ -356,3 +356,26 @@ def test_state_round_trips_through_json() -> None:
     again = MailboxState.from_json(state.to_json())
     assert again == state
     assert MailboxState.from_json({"version": 999}) == MailboxState()
+
+
+def test_a_capped_listing_is_followed_by_another_session() -> None:
+    class CappedListing(FakeMailbox):
+        """Lists at most 250 messages per session, as Gmail does."""
+
+        def list_messages(self) -> list[ServerMessage]:
+            listing = super().list_messages()[:250]
+            self._numbers = {m.number: m.uidl for m in listing}
+            return listing
+
+    mailbox = CappedListing({f"u{i}": msg(i) for i in range(600)})
+    summary, _, _ = run(mailbox)
+    assert mailbox.messages == {}
+    assert summary.deleted == 600
+    assert summary.sessions == 3  # 250 + 250 + 100: a short listing means the end
+
+
+def test_sessions_are_committed_after_a_time_limit() -> None:
+    mailbox = mailbox_of(5)
+    summary, _, _ = run(mailbox, commit_every_seconds=0.0)
+    assert summary.sessions >= 2
+    assert summary.deleted == 5

@@ -263,7 +263,9 @@ class MailboxIngest:
             max_workers=self._options.upload_workers, thread_name_prefix="upload"
         )
         # Its own threads, so pointers never queue behind uploads.
-        self._announce_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="announce")
+        self._announce_pool = ThreadPoolExecutor(
+            max_workers=self._options.upload_workers, thread_name_prefix="announce"
+        )
         try:
             while True:
                 session = self._connect()

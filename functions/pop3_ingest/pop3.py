@@ -546,6 +546,10 @@ class Pop3Mailbox:
 
     def __enter__(self) -> Pop3Mailbox:
         self._client = self._connect()
+        # Pipelined commands are small writes; without this, Nagle's algorithm
+        # holds each one back for a round trip, and the window drains.
+        with contextlib.suppress(OSError):
+            self._client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             self._secure_and_login(self._client)
         except BaseException:

@@ -11,7 +11,7 @@ VENV ?= .venv
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SOURCES := functions tests scripts
+SOURCES := functions tests scripts benchmarks
 
 # `sam build` needs an interpreter matching the function runtime on PATH.
 LAMBDA_PYTHON := 3.12

@@ -211,11 +211,6 @@ class RunSummary:
 _QUEUE_FAILURE_LIMIT = 2
 
 
-class _StopRun(Exception):
-    def __init__(self, reason: StopReason) -> None:
-        self.reason = reason
-
-
 @dataclass
 class _Stored:
     message: ServerMessage

@@ -80,15 +80,7 @@ deps-system:
 	fi
 	# Keep the package scripts from starting a system-wide dovecot: the tests
 	# start their own. An existing policy-rc.d is left as it is.
-	made_policy=
-	if [ ! -e /usr/sbin/policy-rc.d ]; then
-	  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-	  chmod 755 /usr/sbin/policy-rc.d
-	  made_policy=1
-	fi
-	trap '[ -z "$$made_policy" ] || rm -f /usr/sbin/policy-rc.d' EXIT
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y $(DOVECOT_PACKAGES)
+	bash scripts/apt_install.sh $(DOVECOT_PACKAGES)
 	# Should a daemon have started anyway, stop it (failing here just means none runs).
 	doveadm stop >/dev/null 2>&1 || true
 	if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
@@ -192,16 +184,7 @@ deps-bench: deps
 	  echo "  sudo apt-get install $(BENCH_PACKAGES)" >&2
 	  exit 1
 	fi
-	# As in deps-system: package scripts must not start system daemons.
-	made_policy=
-	if [ ! -e /usr/sbin/policy-rc.d ]; then
-	  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-	  chmod 755 /usr/sbin/policy-rc.d
-	  made_policy=1
-	fi
-	trap '[ -z "$$made_policy" ] || rm -f /usr/sbin/policy-rc.d' EXIT
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y $(BENCH_PACKAGES)
+	bash scripts/apt_install.sh $(BENCH_PACKAGES)
 	have_all || { echo "deps-bench: still missing after apt-get" >&2; exit 1; }
 
 # Full run (~15 min on 2 cores): writes benchmarks/results.md and messages_per_second.png.

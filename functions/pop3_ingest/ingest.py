@@ -664,7 +664,8 @@ class _SessionRun:
             if not new and not _same(store.stored_object(key), len(data), digest):
                 raise StoreError(f"{key} holds other content; message left on server")
             logger.warning("UIDL reused with different content", extra={"key": key})
-        return _Stored(message, self._record(message, key, len(data), digest, data), new)
+        headers = parse_header_fields(data[: 64 * 1024])
+        return _Stored(message, self._record(message, key, len(data), digest, headers), new)
 
     def _store_streaming(self, message: ServerMessage, stream: MessageStream) -> None:
         # Big messages go straight from the socket into a multipart upload:
@@ -697,20 +698,16 @@ class _SessionRun:
                 self.run_._fail(self.summary, message, f"{key} holds other content")
                 self._abandon()
                 return
-        record = StoredMessage(
-            bucket=self.run_._store.bucket,
-            key=key,
-            size=reader.size,
-            sha256=reader.sha256,
-            mailbox=self.run_.mailbox_name,
-            uidl=message.uidl,
-            headers=reader.header_fields(),
-            stored_at=datetime.now(UTC),
-        )
+        record = self._record(message, key, reader.size, reader.sha256, reader.header_fields())
         self._stored(_Stored(message, record, new))
 
     def _record(
-        self, message: ServerMessage, key: str, size: int, digest: str, data: bytes
+        self,
+        message: ServerMessage,
+        key: str,
+        size: int,
+        digest: str,
+        headers: dict[str, str | None],
     ) -> StoredMessage:
         return StoredMessage(
             bucket=self.run_._store.bucket,
@@ -719,7 +716,7 @@ class _SessionRun:
             sha256=digest,
             mailbox=self.run_.mailbox_name,
             uidl=message.uidl,
-            headers=parse_header_fields(data[: 64 * 1024]),
+            headers=headers,
             stored_at=datetime.now(UTC),
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
-from pop3_ingest.adapters.s3_state import S3StateStore
+from pop3_ingest.adapters.s3_state import STATE_CALLS, S3StateStore, Snapshot
 from pop3_ingest.adapters.s3_store import S3MessageStore
 from pop3_ingest.adapters.secrets import load_mailbox_config
 from pop3_ingest.adapters.sqs_announcer import SqsAnnouncer
@@ -36,10 +37,16 @@ from pop3_ingest.errors import (
     SecretError,
     TlsError,
 )
-from pop3_ingest.ingest import Deadline, IngestOptions, MailboxIngest, RunSummary, StopReason
-from pop3_ingest.message import uidl_digest
+from pop3_ingest.ingest import (
+    Deadline,
+    IngestOptions,
+    MailboxIngest,
+    RunSummary,
+    StopReason,
+    failure_key,
+)
 from pop3_ingest.pop3 import Pop3Mailbox, ServerMessage
-from pop3_ingest.state import Failure, MailboxState
+from pop3_ingest.state import LEASE_MARGIN_SECONDS, LEASE_OWNER, Failure, MailboxState
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -64,10 +71,16 @@ _BOTO_CONFIG = Config(
 )
 
 
+# Time the handler needs after its last state write: the report and the metrics.
+_REPORT_SECONDS = 1.0
+
+
 @dataclass(frozen=True)
 class AwsClients:
     s3: S3Client
-    s3_state: S3Client  # without the mail store's conditional-write hook
+    # Without the mail store's conditional-write hook, and with short timeouts
+    # and few retries: a state write must fit in what is left of the run.
+    s3_state: S3Client
     sqs: SQSClient
 
 
@@ -77,7 +90,7 @@ def aws_clients() -> AwsClients:
     session = boto3.session.Session()
     return AwsClients(
         s3=session.client("s3", config=_BOTO_CONFIG),
-        s3_state=session.client("s3", config=_BOTO_CONFIG),
+        s3_state=session.client("s3", config=_BOTO_CONFIG.merge(STATE_CALLS.config())),
         sqs=session.client("sqs", config=_BOTO_CONFIG),
     )
 
@@ -87,8 +100,17 @@ def message_store(bucket: str) -> S3MessageStore:
     return S3MessageStore(aws_clients().s3, bucket)
 
 
-def state_store(settings: Settings) -> S3StateStore:
-    return S3StateStore(aws_clients().s3_state, settings.bucket, settings.key_prefix)
+def state_store(settings: Settings, context: LambdaContext) -> S3StateStore:
+    def damaged(_: str) -> None:
+        metrics.add_metric(name="StateDamaged", unit=MetricUnit.Count, value=1)
+
+    return S3StateStore(
+        aws_clients().s3_state,
+        settings.bucket,
+        settings.key_prefix,
+        time_left=lambda: context.get_remaining_time_in_millis() / 1000 - _REPORT_SECONDS,
+        on_damaged=damaged,
+    )
 
 
 # Jobs from the dispatcher's FIFO queue; a failed record blocks the rest of
@@ -178,20 +200,38 @@ def _run_job(record: SQSRecord) -> dict[str, Any]:
 def fetch_mailbox(
     config: MailboxConfig, settings: Settings, context: LambdaContext
 ) -> dict[str, Any]:
-    """One run for one mailbox, with its memory loaded before and saved after."""
+    """One run for one mailbox, with its memory loaded before and saved after.
+
+    At most one run works a mailbox at a time, whatever the mode and however
+    the schedule and timeout overlap: a run first takes the lease in the
+    mailbox's state (a conditional write), and gives it back with its last save.
+    """
     started = time.monotonic()
-    states = state_store(settings)
-    state = states.load(config.mailbox)
+    states = state_store(settings, context)
+    owner = _lease_owner(context)
+    current = states.read(config.mailbox)
     now = time.time()
-    skip = _skip_reason(state, config, settings, now)
+    locked = RunSummary(mailbox=config.mailbox, stopped=StopReason.LOCKED)
+    if _locked_by_other(current.state, owner, now):
+        return _report(locked, started=started)
+    skip = _skip_reason(current.state, config, settings, now)
     if skip is not None:
         return _report(RunSummary(mailbox=config.mailbox, stopped=skip), started=started)
+    # Held to the end of this invocation at the latest: a run that dies
+    # without giving it back blocks the mailbox no longer than it could run.
+    until = now + context.get_remaining_time_in_millis() / 1000 + LEASE_MARGIN_SECONDS
+    lease = states.take_lease(config.mailbox, owner, until, now, current)
+    if lease is None:
+        metrics.add_metric(name="MailboxLocked", unit=MetricUnit.Count, value=1)
+        logger.warning("another run took this mailbox's lease first; not starting a second one")
+        return _report(locked, started=started)
+    state = lease.state.copy()
     state.last_attempt = now
 
     def quarantine(message: ServerMessage, failure: Failure) -> None:
         states.put_quarantine_record(
             config.mailbox,
-            uidl_digest(message.uidl),
+            failure_key(message),
             {
                 "mailbox": config.mailbox,
                 "uidl": message.uidl,
@@ -244,7 +284,7 @@ def fetch_mailbox(
             "mailbox busy; backing off",
             extra={"code": exc.code, "error": str(exc), "retry_after": state.backoff_until},
         )
-        _save(states, config, state)
+        _save(states, config, state, lease)
         summary = RunSummary(mailbox=config.mailbox, stopped=StopReason.BUSY)
         return _report(summary, started=started, busy_code=exc.code)
     except AuthError as exc:
@@ -257,23 +297,28 @@ def fetch_mailbox(
             "login failed",
             extra={"code": exc.code, "error": str(exc), "consecutive": state.auth_failures},
         )
-        _save(states, config, state)
+        _save(states, config, state, lease)
         raise
     except (TlsError, ConnectError) as exc:
         metrics.add_metric(name="ConnectFailed", unit=MetricUnit.Count, value=1)
         logger.error("cannot reach the mailbox safely", extra={"error": str(exc)})
-        _save(states, config, state)
+        _save(states, config, state, lease)
         raise
     except ConnectionLost as exc:
         # Lost before or while listing: nothing was deleted.
         metrics.add_metric(name="ConnectionLost", unit=MetricUnit.Count, value=1)
         logger.error("connection lost", extra={"error": str(exc)})
-        _save(states, config, state)
+        _save(states, config, state, lease)
         raise
     except Pop3Error as exc:  # ProtocolError: UIDL or LIST refused, for one
         metrics.add_metric(name="ProtocolError", unit=MetricUnit.Count, value=1)
         logger.error("POP3 server answered what the run cannot use", extra={"error": str(exc)})
-        _save(states, config, state)
+        _save(states, config, state, lease)
+        raise
+    except Exception:
+        # Whatever broke, the next run must not wait for the lease to expire,
+        # and the deletions committed so far are remembered.
+        _save(states, config, state, lease)
         raise
     state.auth_failures = 0
     state.auth_fingerprint = config.fingerprint()
@@ -284,7 +329,7 @@ def fetch_mailbox(
         state.backoff_until = now + ingest.login_delay
     if summary.stopped is StopReason.COMPLETED:
         state.last_completed = time.time()
-    _save(states, config, state)
+    _save(states, config, state, lease)
     return _report(summary, started=started)
 
 
@@ -318,9 +363,35 @@ def _busy_backoff(code: str, streak: int) -> float:
     return float(min(cap, base * 2 ** (streak - 1)))
 
 
-def _save(states: S3StateStore, config: MailboxConfig, state: MailboxState) -> None:
+def _lease_owner(context: LambdaContext) -> str:
+    """This invocation's request id: the same for a retry inside one invocation."""
+    request_id = getattr(context, "aws_request_id", None)
+    if isinstance(request_id, str) and LEASE_OWNER.fullmatch(request_id):
+        return request_id
+    return uuid.uuid4().hex
+
+
+def _locked_by_other(state: MailboxState, owner: str, now: float) -> bool:
+    holder = state.lease_holder(now)
+    if holder is None or holder == owner:
+        return False
+    metrics.add_metric(name="MailboxLocked", unit=MetricUnit.Count, value=1)
+    logger.warning(
+        "another run is working this mailbox; not starting a second one",
+        extra={"lease_owner": holder, "lease_until": state.lease_until},
+    )
+    return True
+
+
+def _save(
+    states: S3StateStore, config: MailboxConfig, state: MailboxState, lease: Snapshot
+) -> None:
+    """The run's last write: conditional, merged if another writer came first, and
+    giving the lease back. Skipped with an error when it could overrun the deadline."""
+    state.lease_owner = None
+    state.lease_until = 0.0
     try:
-        states.save(config.mailbox, state)
+        states.write(config.mailbox, state, lease)
     except Pop3IngestError as exc:
         # Mail is safe either way; losing the memory costs repeats, not messages.
         metrics.add_metric(name="StateNotSaved", unit=MetricUnit.Count, value=1)

@@ -892,8 +892,8 @@ A message that fails the same way POISON_THRESHOLD runs in a row is
 quarantined: it stays on the POP3 server, is no longer downloaded, and is
 described in <prefix>_quarantine/<mailbox>/<digest>.json. 'list' shows those
 records; 'release' removes them and clears the message from the mailbox's run
-state, so the next run tries it again. Run 'release' when the function is not
-running for that mailbox (its state is rewritten at the end of each run).
+state, so the next run tries it again. It is safe while a run is working the
+mailbox: state writes are conditional and merged, so neither side undoes the other.
 """
 
 _QUARANTINE_EPILOG = f"""\
@@ -935,13 +935,16 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         if args.digest and not chosen:
             print(f"{PROG} quarantine: no quarantined message {args.digest}", file=sys.stderr)
             return EXIT_FAILED
-        state = store.load(args.mailbox)
+        current = store.read(args.mailbox)
+        state = current.state.copy()
         for record in chosen:
             state.release(record["digest"])
             s3.delete_object(
                 Bucket=args.bucket, Key=store.quarantine_key(args.mailbox, record["digest"])
             )
-        store.save(args.mailbox, state)
+        # Conditional and merged: a run saving meanwhile keeps its work, and
+        # this release survives the run's own final save.
+        store.write(args.mailbox, state, current)
     except (ClientError, BotoCoreError, Pop3IngestError, ValueError) as exc:
         _print_error("quarantine", exc, exit_code_for(exc), ())
         return exit_code_for(exc)

@@ -91,3 +91,7 @@ class AnnounceError(Pop3IngestError):
 
 class JobError(Pop3IngestError):
     """A job from the dispatcher's queue is malformed."""
+
+
+class StateDamaged(Pop3IngestError):
+    """A mailbox's run state cannot be read as written: set aside, never trusted."""

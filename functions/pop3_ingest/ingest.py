@@ -1,24 +1,39 @@
 """The core: drain one mailbox under the delete-after-store rule.
 
-Per message: RETR, store the exact bytes, announce a pointer, and only then
-DELE; QUIT commits the deletions. To be bounded by the line rather than by
-round trips, RETRs are pipelined (RFC 2449) in a bounded window, uploads run
-on worker threads while the next message downloads, pointers go out in SQS
-batches, and each DELE follows its confirmed message. The session is closed
-with QUIT and reopened every so many messages or bytes, so a crash repeats at
-most one batch.
+Per message: RETR, hash and store the exact bytes, announce a pointer, and
+only then DELE; QUIT commits the deletions. To be bounded by the line rather
+than by round trips, RETRs are pipelined (RFC 2449) in a bounded window,
+uploads run on worker threads while the next message downloads, pointers go
+out in SQS batches, and each DELE follows its confirmed message. The session
+is committed (QUIT, reconnect) every so many messages, bytes or seconds.
 
-Anything wrong with one message leaves that message on the server and the run
-moves on; anything that breaks the session ends the run, and the server then
-forgets every uncommitted DELE: a crash can cost a re-download, never a message.
+The rules this module keeps (README "Never losing mail"):
+
+- **Proof before DELE.** A message is deleted only when the bytes retrieved
+  *in this session* hash to the SHA-256 of an object we stored and announced:
+  just stored, or stored before and remembered in the state.
+- **No QUIT with anything unconfirmed.** Some servers (Gmail) stop offering
+  any message retrieved in a session that ends with QUIT, deleted or not. So a
+  session ends with QUIT only when every message retrieved in it is stored and
+  announced (or proven so); otherwise the connection is dropped, the server
+  forgets its DELEs, and a short new session re-proves and deletes.
+- **Failures are the message's.** Any failure while a message is downloaded
+  or stored counts against it; after ``poison_threshold`` runs it is
+  quarantined and the mailbox moves on.
+- **The deadline bounds every wait.** Past the soft deadline nothing new is
+  taken; at the hard cut-off the session is dropped and uploads are abandoned
+  (their multipart uploads aborted), leaving time to save the state.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
+import tempfile
+import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, suppress
@@ -26,31 +41,37 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from queue import Empty, SimpleQueue
-from typing import Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol
 
 from pop3_ingest.errors import (
     AnnounceError,
     ConnectionLost,
     MailboxBusy,
+    Pop3Error,
     Pop3IngestError,
     ProtocolError,
     StoreError,
 )
 from pop3_ingest.message import (
+    HEADER_LIMIT,
     CapturingReader,
     Readable,
     StoredMessage,
     StoredObject,
+    content_key,
     object_key,
     parse_header_fields,
     uidl_digest,
 )
 from pop3_ingest.pop3 import ServerMessage
-from pop3_ingest.state import Failure, MailboxState
+from pop3_ingest.state import Deleted, Failure, MailboxState, Seen
 
 logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+# SendMessageBatch takes at most this many entries.
+SQS_BATCH_SIZE = 10
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 # -- ports --------------------------------------------------------------------
@@ -103,14 +124,24 @@ class MessageStore(Protocol):
         """Write unless the key exists; True if this call created the object."""
         ...
 
-    def put_stream(self, key: str, body: Readable, metadata: dict[str, str]) -> bool: ...
+    def put_file(
+        self,
+        key: str,
+        body: IO[bytes],
+        sha256_hex: str,
+        metadata: dict[str, str],
+        cancelled: Callable[[], bool],
+    ) -> bool:
+        """Like put_bytes for a big message in a file; gives up (StoreError, upload
+        aborted) as soon as ``cancelled()`` is true."""
+        ...
 
     def stored_object(self, key: str) -> StoredObject | None: ...
 
 
 class Announcer(Protocol):
     def announce_batch(self, pointers: list[dict[str, Any]]) -> set[int]:
-        """Send up to ten pointers; the indexes that failed."""
+        """Send up to SQS_BATCH_SIZE pointers; the indexes that failed."""
         ...
 
 
@@ -127,6 +158,11 @@ class StopReason(StrEnum):
     BACKOFF = "backoff"
     NOT_DUE = "not_due"
     AUTH_SUSPENDED = "auth_suspended"
+    # Another run holds this mailbox's lease (at most one run per mailbox).
+    LOCKED = "locked"
+    # Work is left that needs another login, and the server asked for a pause
+    # between logins (RFC 2449 LOGIN-DELAY): the next run does it.
+    LOGIN_DELAY = "login_delay"
 
 
 @dataclass(frozen=True)
@@ -137,10 +173,13 @@ class IngestOptions:
     max_message_size: int = 50 * MIB
     pipeline_window: int = 64
     upload_workers: int = 8
-    # Downloaded messages waiting for their upload; bounds memory with the
-    # streaming threshold (bigger messages never sit in memory whole).
+    # Downloaded messages waiting for their upload, counted by the bytes
+    # actually held (a LIST size can lie).
     memory_budget: int = 32 * MIB
+    # Bigger messages are spooled to a temporary file (Lambda's /tmp) while
+    # they are hashed, so the digest is known before the object is written.
     stream_threshold: int = 8 * MIB
+    spool_budget: int = 384 * MIB
     # A session is committed (QUIT, reconnect) after whichever comes first, so
     # a crash repeats at most that much work; each commit costs a reconnect.
     commit_every_messages: int = 1000
@@ -148,15 +187,23 @@ class IngestOptions:
     commit_every_seconds: float = 60.0
     # Failures in a row (across runs) after which a message is quarantined.
     poison_threshold: int = 3
+    # A listing at least this long may be a provider's partial view (Gmail
+    # offers about 250 per session): it is not proof that a message is gone,
+    # and draining it is followed by another session.
+    capped_listing: int = 200
 
 
 @dataclass
 class Deadline:
-    """Decides whether there is time to take one more message and still QUIT.
+    """Decides whether there is time to take one more message and still finish.
+
+    ``seconds_left`` counts down to the soft deadline (``margin_seconds``
+    before the Lambda is stopped): no new message is taken past it. Half the
+    margin later comes the hard cut-off: the session is dropped and uploads
+    abandoned, and the other half is left for saving the state.
 
     The estimate learns the line's throughput and the store's latency as the
-    run goes, so work is not started that cannot finish before the Lambda is
-    stopped. A hard stop at the margin backs it up.
+    run goes, so work is not started that cannot finish before the deadline.
     """
 
     remaining_ms: Callable[[], int]
@@ -166,6 +213,12 @@ class Deadline:
 
     def seconds_left(self) -> float:
         return self.remaining_ms() / 1000.0 - self.margin_seconds
+
+    def seconds_to_cutoff(self) -> float:
+        return self.remaining_ms() / 1000.0 - self.margin_seconds / 2
+
+    def cut_off(self) -> bool:
+        return self.seconds_to_cutoff() <= 0
 
     def allows(self, size: int, queued: int = 0, workers: int = 1) -> bool:
         expected = size / self.bytes_per_second + (queued + 1) * self.upload_seconds / workers
@@ -192,37 +245,43 @@ class RunSummary:
     oversized: int = 0
     quarantined: int = 0  # newly quarantined in this run
     in_quarantine: int = 0  # on the server and skipped because quarantined
-    reappeared: int = 0  # deleted before, listed again: not announced again
-    redeleted: int = 0  # announced in an earlier session, deleted now without a new pointer
-    unlisted: int = 0  # listed without a usable UIDL: left on the server
+    reappeared: int = 0  # deleted before, listed again (same UIDL and size): not announced again
+    redeleted: int = 0  # announced before, proven by digest and deleted without a new pointer
+    unlisted: int = 0  # listing entries that cannot be fetched safely: left on the server
     bytes_stored: int = 0
     sessions: int = 0
+    abandoned_sessions: int = 0  # ended without QUIT so nothing unconfirmed was popped
     stopped: StopReason = StopReason.COMPLETED
     failures: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def left_on_server(self) -> int:
-        return self.messages_on_server - self.deleted
+        return max(0, self.messages_on_server - self.deleted)
+
+
+def failure_key(message: ServerMessage) -> str:
+    """Where a message's failures and quarantine are remembered.
+
+    A unique UIDL names the message. Without one (shared or missing UIDLs) the
+    UIDL text and size are the best name there is before download.
+    """
+    if message.unique:
+        return uidl_digest(message.uidl)
+    return uidl_digest(f"\x00shared\x00{message.uidl}\x00{message.size}")
+
+
+def is_sha256(value: object) -> bool:
+    return isinstance(value, str) and _SHA256_HEX.fullmatch(value) is not None
 
 
 # -- the run -------------------------------------------------------------------
 
 # After this many pointer batches in a row fail, the queue is down, not a message.
 _QUEUE_FAILURE_LIMIT = 2
-
-
-@dataclass
-class _Stored:
-    message: ServerMessage
-    record: StoredMessage
-    new: bool
-    ready_at: float = field(default_factory=time.monotonic)
-
-
 _BATCH_WAIT_SECONDS = 0.05
-# A session that listed at least this many messages and deleted them all is
-# followed by another: the server may have listed only part of the mailbox.
-_CAPPED_LISTING = 200
+_FAILURES_KEPT = 20
+# A read cut off this close to the cut-off was stopped by the run's clock.
+_CUTOFF_SLACK_SECONDS = 1.0
 
 
 class MailboxIngest:
@@ -239,81 +298,122 @@ class MailboxIngest:
     ) -> None:
         self.mailbox_name = mailbox_name
         self.state = state or MailboxState()
+        self.options = options or IngestOptions()
+        self.store = store
+        self.announcer = announcer
+        self.deadline = deadline
+        self.login_delay = 0
+        self.summary = RunSummary(mailbox=mailbox_name)
         self._on_quarantine = on_quarantine
         self._connect = connect
-        self._store = store
-        self._announcer = announcer
-        self._deadline = deadline
-        self._options = options or IngestOptions()
-        self._handled: set[str] = set()  # UIDLs this run is done with, whatever the outcome
-        self.login_delay = 0
-        self._confirmed: set[str] = set()  # UIDLs announced during this run
-        self._queue_failures = 0
-        self._taken = 0
+        # Unique UIDLs this run is done with, whatever the outcome.
+        self.handled: set[str] = set()
+        # Unique UIDLs this run downloaded to prove an earlier store (once each).
+        self.reproved: set[str] = set()
+        # Messages without a unique UIDL taken by this run, by failure_key:
+        # a later session of the run does not take as many again.
+        self.shared_taken: Counter[str] = Counter()
+        self.queue_failures = 0
+        self.taken = 0
+        # Set at the hard cut-off: running uploads give up.
+        self.cancelled = threading.Event()
 
     def run(self) -> RunSummary:
-        summary = RunSummary(mailbox=self.mailbox_name)
+        summary = self.summary
         first = True
-        pool = ThreadPoolExecutor(
-            max_workers=self._options.upload_workers, thread_name_prefix="upload"
+        upload_pool = ThreadPoolExecutor(
+            max_workers=self.options.upload_workers, thread_name_prefix="upload"
         )
         # Its own threads, so pointers never queue behind uploads.
-        self._announce_pool = ThreadPoolExecutor(
-            max_workers=self._options.upload_workers, thread_name_prefix="announce"
+        announce_pool = ThreadPoolExecutor(
+            max_workers=self.options.upload_workers, thread_name_prefix="announce"
         )
         try:
             while True:
-                session = self._connect()
-                try:
-                    with session:
-                        summary.sessions += 1
-                        self.login_delay = session.login_delay
-                        more = _SessionRun(self, session, pool, summary, first).run()
-                        if more.abandon:
-                            session.abandon()
-                except MailboxBusy as exc:
-                    # Only login raises it. On a later session of this run (after a
-                    # commit) what was committed stays committed; the rest waits.
-                    if first:
-                        raise
-                    logger.warning("mailbox busy on reconnect", extra={"code": exc.code})
-                    summary.stopped = StopReason.BUSY
-                    return summary
+                outcome = self._one_session(upload_pool, announce_pool, first)
+                if outcome is None:
+                    return summary  # busy on a reconnect; stopped says so
                 first = False
-                if session.quit_ok:
-                    self._committed(summary, more.marked)
-                if more.stop is not None:
-                    summary.stopped = more.stop
+                if outcome.stop is not None:
+                    summary.stopped = outcome.stop
                     return summary
-                if more.commit_and_continue:
-                    continue
-                if more.listed >= _CAPPED_LISTING and more.marked and session.quit_ok:
-                    # Some providers (Gmail: about 250) list only part of a big
-                    # mailbox per session; look again while there is time.
+                if not (outcome.commit_and_continue or outcome.look_for_more):
+                    return summary
+                if self.login_delay:
+                    # RFC 2449: every login honours the server's pause.
+                    logger.info(
+                        "more work needs another login; the server asks for a pause first",
+                        extra={"login_delay": self.login_delay},
+                    )
+                    summary.stopped = StopReason.LOGIN_DELAY
+                    return summary
+                if self.deadline.seconds_left() <= 0:
+                    summary.stopped = StopReason.DEADLINE
+                    return summary
+                if outcome.look_for_more:
                     logger.info("large listing drained; reconnecting for more")
-                    continue
-                return summary
         finally:
-            # Past the deadline, uploads still running are not waited for: their
-            # messages were not deleted and a later run finds them stored.
-            out_of_time = self._deadline.seconds_left() <= 0
-            pool.shutdown(wait=not out_of_time, cancel_futures=True)
-            self._announce_pool.shutdown(wait=not out_of_time, cancel_futures=True)
+            # Nothing here waits: past the cut-off running uploads give up on
+            # their own, and their messages were not deleted.
+            self.cancelled.set()
+            upload_pool.shutdown(wait=False, cancel_futures=True)
+            announce_pool.shutdown(wait=False, cancel_futures=True)
 
-    def _committed(self, summary: RunSummary, marked: list[ServerMessage]) -> None:
+    def _one_session(
+        self, upload_pool: ThreadPoolExecutor, announce_pool: ThreadPoolExecutor, first: bool
+    ) -> _SessionOutcome | None:
+        try:
+            session = self._connect()
+            with session:
+                self.summary.sessions += 1
+                self.login_delay = session.login_delay
+                engine = _SessionRun(self, session, upload_pool, announce_pool, first)
+                try:
+                    outcome = engine.run()
+                except BaseException:
+                    session.abandon()  # never QUIT on a path we did not plan for
+                    raise
+                if not outcome.may_quit:
+                    self.summary.abandoned_sessions += 1
+                    session.abandon()
+        except MailboxBusy as exc:
+            # Only login raises it. On a later session of this run (after a
+            # commit) what was committed stays committed; the rest waits.
+            if first:
+                raise
+            logger.warning("mailbox busy on reconnect", extra={"code": exc.code})
+            self.summary.stopped = StopReason.BUSY
+            return None
+        except Pop3Error as exc:
+            if first:
+                raise
+            # A reconnect that fails ends the run; nothing of it was deleted.
+            logger.error("reconnect failed", extra={"error": str(exc)})
+            self.summary.stopped = StopReason.CONNECTION_LOST
+            return None
+        if session.quit_ok:
+            self._committed(outcome.marked)
+        elif outcome.marked:
+            logger.warning(
+                "session not committed; its deletions are proven again next time",
+                extra={"marked": len(outcome.marked)},
+            )
+        return outcome
+
+    def _committed(self, marked: list[tuple[ServerMessage, str]]) -> None:
         now = time.time()
-        for message in marked:
-            digest = uidl_digest(message.uidl)
-            self.state.seen.pop(digest, None)
-            self.state.deleted[digest] = now
-        summary.deleted += len(marked)
+        for message, sha256 in marked:
+            if message.unique:
+                digest = uidl_digest(message.uidl)
+                self.state.seen.pop(digest, None)
+                self.state.deleted[digest] = Deleted(at=now, size=message.size, sha256=sha256)
+        self.summary.deleted += len(marked)
 
-    def _fail(
-        self, summary: RunSummary, message: ServerMessage, reason: str, *, poison: bool = True
-    ) -> None:
+    def fail(self, message: ServerMessage, reason: str, *, poison: bool = True) -> None:
         """One message failed: it stays on the server; repeated failures quarantine it."""
+        summary = self.summary
         summary.failed += 1
-        if len(summary.failures) < 20:
+        if len(summary.failures) < _FAILURES_KEPT:
             summary.failures.append({"uidl": message.uidl[:80], "error": reason[:300]})
         logger.error(
             "message left on server",
@@ -321,10 +421,10 @@ class MailboxIngest:
         )
         if not poison:
             return
-        digest = uidl_digest(message.uidl)
-        if self.state.record_failure(digest, reason, self._options.poison_threshold, time.time()):
+        key = failure_key(message)
+        if self.state.record_failure(key, reason, self.options.poison_threshold, time.time()):
             summary.quarantined += 1
-            failure = self.state.quarantined[digest]
+            failure = self.state.quarantined[key]
             logger.error(
                 "message quarantined after repeated failures; left on server",
                 extra={"message_number": message.number, "failures": failure.count},
@@ -338,13 +438,40 @@ class MailboxIngest:
 
 @dataclass
 class _SessionOutcome:
-    marked: list[ServerMessage] = field(default_factory=list)
+    # DELEs answered +OK, with the digest that proved each: committed only by QUIT.
+    marked: list[tuple[ServerMessage, str]] = field(default_factory=list)
     stop: StopReason | None = None
     commit_and_continue: bool = False
-    listed: int = 0
-    # A retrieved message failed: end without QUIT so that servers which mark
-    # retrieved mail as read at QUIT (Gmail) do not hide it from the next run.
-    abandon: bool = False
+    look_for_more: bool = False
+    may_quit: bool = True
+
+
+@dataclass
+class _Download:
+    """A retrieved message: its exact bytes (in memory or spooled) and digest."""
+
+    message: ServerMessage
+    sha256: str
+    size: int
+    head: bytes
+    data: bytes | None = None
+    spool: IO[bytes] | None = None
+
+    def close(self) -> None:
+        if self.spool is not None:
+            with suppress(OSError):
+                self.spool.close()
+
+
+@dataclass
+class _Stored:
+    message: ServerMessage
+    record: StoredMessage
+    new: bool
+    ready_at: float = field(default_factory=time.monotonic)
+
+
+_Command = Literal["RETR", "DELE"]
 
 
 class _SessionRun:
@@ -354,207 +481,294 @@ class _SessionRun:
         self,
         run: MailboxIngest,
         mailbox: Session,
-        pool: ThreadPoolExecutor,
-        summary: RunSummary,
+        upload_pool: ThreadPoolExecutor,
+        announce_pool: ThreadPoolExecutor,
         first: bool,
     ) -> None:
         self.run_ = run
         self.mailbox = mailbox
-        self.pool = pool
-        self.summary = summary
+        self.upload_pool = upload_pool
+        self.announce_pool = announce_pool
         self.first = first
-        self.opts = run._options
+        self.opts = run.options
+        self.summary = run.summary
+        self.deadline = run.deadline
         self.window = self.opts.pipeline_window if mailbox.pipelining else 1
-        self.outstanding: deque[tuple[str, ServerMessage]] = deque()
+        self.outstanding: deque[tuple[_Command, ServerMessage]] = deque()
         self.to_fetch: deque[ServerMessage] = deque()
-        self.uploads: dict[Future[_Stored], tuple[ServerMessage, int]] = {}
+        self.to_delete: deque[tuple[ServerMessage, str]] = deque()
+        # Message number -> the digest that proved it, for each DELE in flight.
+        self.dele_digests: dict[int, str] = {}
+        # UIDL -> the digest of the object stored and announced for it before.
+        self.prove: dict[str, str] = {}
+        self.uploads: dict[Future[_Stored], _Download] = {}
         self.announces: dict[Future[set[int]], list[_Stored]] = {}
         self.ready: list[_Stored] = []
-        self.to_delete: deque[ServerMessage] = deque()
-        self.verify: dict[str, str] = {}  # UIDL -> sha256 prefix announced before
         self.completed: SimpleQueue[Future[Any]] = SimpleQueue()
-        self.buffered = 0
+        # Messages retrieved in this session, and those of them confirmed
+        # (stored and announced, or proven): QUIT only when the two agree.
+        self.retrieved: set[int] = set()
+        self.confirmed: set[int] = set()
+        self.held = 0  # bytes of downloaded messages in memory, awaiting upload
+        self.spooled = 0  # bytes of spooled messages awaiting upload
         self.sent_retr = 0
         self.sent_bytes = 0
+        self.listed = 0
         self.outcome = _SessionOutcome()
         self.started = time.monotonic()
         self.fetching = True
-        self.winding_down = False
+        self.line_up = True  # False once the connection is lost or dropped
+        self.no_quit_reason = ""
 
     # -- driver ---------------------------------------------------------------
 
     def run(self) -> _SessionOutcome:
         try:
             self._plan()
-            while True:
-                if not self.winding_down and self.run_._deadline.seconds_left() <= 0:
-                    self._wind_down()
-                self._harvest(block=False)
-                self._send()
-                if self.outstanding:
-                    self._read_one()
-                elif self.to_delete:
-                    continue  # _send writes them on the next turn
-                elif self.winding_down:
-                    break
-                elif self.uploads or self.announces:
-                    self._harvest(block=True)
-                elif self.ready:
-                    self._announce(force=True)
-                else:
-                    break
+        except ConnectionLost:
+            self.line_up = False
+            raise
+        try:
+            self._pump()
         except ConnectionLost as exc:
             logger.error(
                 "connection lost; no deletion of this session counts", extra={"error": str(exc)}
             )
+            self.line_up = False
             self.outcome.stop = StopReason.CONNECTION_LOST
+            self._lose_line()
+            self._settle()
+        return self._finish()
+
+    def _pump(self) -> None:
+        while True:
+            if self.deadline.cut_off():
+                self._cut_off()
+                return
+            if self.fetching and self.deadline.seconds_left() <= 0:
+                self._stop_fetching(StopReason.DEADLINE)
+            self._harvest(block=False)
+            self._send()
+            if self.outstanding:
+                if self._must_wait_before_reading():
+                    self._harvest(block=True)
+                    continue
+                self._read_one()
+            elif self.to_delete and not self.no_quit_reason:
+                continue  # _send writes them on the next turn
+            elif self.uploads or self.announces:
+                self._harvest(block=True)
+            elif self.ready:
+                self._announce(force=True)
+            else:
+                return
+
+    def _settle(self) -> None:
+        """The line is gone: let what is stored be announced, until the cut-off.
+
+        Announced messages are remembered with their digest, so the next
+        session proves and deletes them without a second pointer.
+        """
+        while (self.uploads or self.announces or self.ready) and not self.deadline.cut_off():
+            if self.uploads or self.announces:
+                self._harvest(block=True)
+            else:
+                self._announce(force=True)
+        if self.uploads or self.announces:
+            self._cut_off()
+
+    def _finish(self) -> _SessionOutcome:
+        unconfirmed = self.retrieved - self.confirmed
+        if unconfirmed and not self.no_quit_reason:
+            self.no_quit_reason = f"{len(unconfirmed)} retrieved message(s) not confirmed"
+        if self.no_quit_reason or not self.line_up:
+            self.outcome.may_quit = False
             self.outcome.marked = []
-            self._settle_after_loss()
-            return self.outcome
-        if self.outcome.abandon:
-            self.outcome.marked = []
-            logger.warning("a retrieved message failed; session ends without QUIT")
+            if self.line_up:
+                logger.warning(
+                    "session ends without QUIT, so nothing unconfirmed counts as retrieved",
+                    extra={"reason": self.no_quit_reason},
+                )
             if self.outcome.stop is None:
+                # The confirmed messages are proven and deleted in a new session.
                 self.outcome.commit_and_continue = True
+            return self.outcome
+        if (
+            self.outcome.stop is None
+            and not self.outcome.commit_and_continue
+            and self.listed >= self.opts.capped_listing
+            and self.outcome.marked
+        ):
+            # Some providers (Gmail: about 250) list only part of a big
+            # mailbox per session; look again while there is time.
+            self.outcome.look_for_more = True
         return self.outcome
 
-    def _abandon(self) -> None:
-        """Stop taking messages; finish what is in flight; no QUIT at the end."""
-        self.outcome.abandon = True
+    def _no_quit(self, reason: str) -> None:
+        """Something retrieved cannot be confirmed: stop taking more; no QUIT."""
+        if not self.no_quit_reason:
+            self.no_quit_reason = reason
         self.fetching = False
+        self.to_delete.clear()  # void without QUIT; the next session proves them again
 
-    def _wind_down(self) -> None:
-        """Out of time: read what is in the pipe, delete what is confirmed, and go.
-
-        Queued uploads are cancelled and running ones not waited for; their
-        messages stay on the server for the next run.
-        """
-        logger.warning("deadline reached; finishing the session early")
-        self.winding_down = True
+    def _stop_fetching(self, reason: StopReason | Literal["commit"]) -> None:
         self.fetching = False
+        if reason == "commit":
+            self.outcome.commit_and_continue = True
+        elif self.outcome.stop is None:
+            self.outcome.stop = reason
+            if reason is StopReason.DEADLINE:
+                logger.warning("deadline near; taking no more messages")
+
+    def _cut_off(self) -> None:
+        """Out of time: drop the line, abandon uploads, wait for nothing."""
+        logger.warning("run cut off at its deadline; unfinished work is left for the next run")
         if self.outcome.stop is None:
             self.outcome.stop = StopReason.DEADLINE
-        self.outcome.commit_and_continue = False
-        for upload in list(self.uploads):
-            if upload.cancel():
-                message, size = self.uploads.pop(upload)
-                self.buffered -= size
-                self.run_._handled.discard(message.uidl)
+        self.fetching = False
+        self._no_quit("cut off at the deadline")
+        self.line_up = False
+        self.run_.cancelled.set()
+        for upload, download in list(self.uploads.items()):
+            upload.cancel()
+            self.uploads.pop(upload)
+            self._release(download)
+        self.announces.clear()
+        self.ready.clear()
+
+    def _lose_line(self) -> None:
+        self.fetching = False
+        self.to_delete.clear()
+        self.outstanding.clear()
+
+    # -- planning ---------------------------------------------------------------
 
     def _plan(self) -> None:
         messages = self.mailbox.list_messages()
-        self.outcome.listed = len(messages)
+        self.listed = len(messages)
+        run, state, opts = self.run_, self.run_.state, self.opts
         if self.first:
-            # Listing entries without a usable UIDL stay on the server too.
+            # Listing entries that cannot be fetched safely stay on the server.
             unusable = len(getattr(self.mailbox, "skipped", ()))
             self.summary.messages_on_server = len(messages) + unusable
             self.summary.unlisted = unusable
-        state = self.run_.state
-        if self.first:
-            state.forget_absent({uidl_digest(m.uidl) for m in messages}, time.time())
-        seen: set[str] = set()
+            # A capped listing does not prove that anything left the server.
+            state.forget_absent(
+                {uidl_digest(m.uidl) for m in messages if m.unique}
+                | {failure_key(m) for m in messages},
+                time.time(),
+                complete=len(messages) < opts.capped_listing,
+            )
+        shared_skip = Counter(run.shared_taken)
         for message in messages:
-            digest = uidl_digest(message.uidl)
-            if digest in state.quarantined:
+            if failure_key(message) in state.quarantined:
                 self.summary.in_quarantine += self.first
                 continue
-            if digest in state.deleted:
-                # Its deletion was committed before, yet here it is (Gmail
-                # archiving, servers that ignore DELE): never announce it twice.
+            if not message.unique:
+                key = failure_key(message)
+                if shared_skip[key] > 0:
+                    shared_skip[key] -= 1  # taken earlier in this run
+                    continue
+                run.shared_taken[key] += 1
+                if self._too_big(message):
+                    continue
+                # No UIDL to remember it by: its digest decides, after download.
+                self.to_fetch.append(message)
+                continue
+            digest = uidl_digest(message.uidl)
+            gone = state.deleted.get(digest)
+            if gone is not None and gone.size == message.size:
+                # Its deletion was committed before, yet here it is (servers
+                # that ignore DELE): never announce it twice. Another size is
+                # another message under a reused UIDL.
                 self.summary.reappeared += self.first
                 continue
-            remembered = state.seen.get(digest)
-            if remembered is not None and not remembered.startswith(f"{message.size}:"):
-                # Same UIDL, other size: a server that reuses UIDLs. Treat it
-                # as the new message it is (it gets its own key when stored).
-                del state.seen[digest]
-                remembered = None
-            if remembered is not None and not self.opts.delete:
+            seen = state.seen.get(digest)
+            if seen is not None and seen.size != message.size:
+                del state.seen[digest]  # a reused UIDL: the new message it is
+                seen = None
+            if seen is not None and not opts.delete:
                 continue  # kept on the server and announced before
-            if message.uidl in self.run_._confirmed:
-                # Announced earlier in this very run (its session could not
-                # commit): only the DELE is missing.
-                if message.uidl not in seen:
-                    seen.add(message.uidl)
-                    self.to_delete.append(message)
-                    self.summary.redeleted += 1
+            if seen is not None and message.uidl not in run.reproved:
+                # Stored and announced before; only the DELE is missing. Its
+                # bytes are downloaded and hashed again: the proof.
+                run.reproved.add(message.uidl)
+                self.prove[message.uidl] = seen.sha256
+                self.to_fetch.append(message)
                 continue
-            if remembered is not None and message.uidl not in self.run_._handled:
-                # Announced by an earlier session; only the DELE is missing. It is
-                # downloaded again to prove it is the same message (a reused UIDL
-                # must never delete an unstored message), but not stored or
-                # announced again.
-                self.verify[message.uidl] = remembered.partition(":")[2]
-            if message.uidl in self.run_._handled:
+            if message.uidl in run.handled:
                 continue
-            if message.uidl in seen:
-                # Two messages with one UIDL would share a key; the twin waits
-                # for a later session, where it is no longer a twin.
-                self.run_._fail(
-                    self.summary, message, "duplicate UIDL in listing; left for later", poison=False
-                )
-                self.run_._handled.add(message.uidl)
-                continue
-            seen.add(message.uidl)
-            if message.size > self.opts.max_message_size:
-                self.summary.oversized += 1
-                self.run_._handled.add(message.uidl)
-                logger.warning(
-                    "message larger than max_message_size left on server",
-                    extra={"size": message.size, "limit": self.opts.max_message_size},
-                )
+            if self._too_big(message):
+                run.handled.add(message.uidl)
                 continue
             self.to_fetch.append(message)
+
+    def _too_big(self, message: ServerMessage) -> bool:
+        if message.size <= self.opts.max_message_size:
+            return False
+        self.summary.oversized += self.first
+        logger.warning(
+            "message larger than max_message_size left on server",
+            extra={"size": message.size, "limit": self.opts.max_message_size},
+        )
+        return True
 
     # -- writing commands ---------------------------------------------------------
 
     def _send(self) -> None:
+        if not self.line_up:
+            return
         commands: list[str] = []
         pending_answers = len(self.outstanding)
 
         def room() -> bool:
             return (pending_answers + len(commands)) < self.window
 
-        if self.outcome.abandon:
-            self.to_delete.clear()  # void anyway; the next session deletes them
         # DELEs first: they free the server's memory of what is done.
-        while self.to_delete and room():
-            message = self.to_delete.popleft()
+        while self.to_delete and room() and not self.no_quit_reason:
+            message, sha256 = self.to_delete.popleft()
             commands.append(f"DELE {message.number}")
             self.outstanding.append(("DELE", message))
+            self.dele_digests[message.number] = sha256
         while self.fetching and self.to_fetch and room():
             message = self.to_fetch[0]
             stop = self._may_take(message)
             if stop is not None:
-                self.fetching = False
-                if stop == "commit":
-                    self.outcome.commit_and_continue = True
-                else:
-                    self.outcome.stop = stop
+                self._stop_fetching(stop)
                 break
-            if message.size <= self.opts.stream_threshold:
-                if self.buffered + message.size > self.opts.memory_budget and self.buffered:
-                    break  # wait for uploads to free memory
-                self.buffered += message.size
+            size = min(message.size, self.opts.stream_threshold)
+            if self._listed_in_flight() + size > self.opts.memory_budget and (
+                self._listed_in_flight() or self.held
+            ):
+                break  # wait for answers and uploads to free memory
             self.to_fetch.popleft()
+            if message.unique:
+                self.run_.handled.add(message.uidl)
             commands.append(f"RETR {message.number}")
             self.outstanding.append(("RETR", message))
             self.sent_retr += 1
             self.sent_bytes += message.size
-            self.run_._taken += 1
+            self.run_.taken += 1
         if commands:
             self.mailbox.send_commands(commands)
 
+    def _listed_in_flight(self) -> int:
+        threshold = self.opts.stream_threshold
+        return self.held + sum(
+            min(m.size, threshold) for kind, m in self.outstanding if kind == "RETR"
+        )
+
     def _may_take(self, message: ServerMessage) -> StopReason | Literal["commit"] | None:
-        opts = self.opts
-        if opts.max_messages and self.run_._taken >= opts.max_messages:
+        opts, run = self.opts, self.run_
+        if opts.max_messages and run.taken >= opts.max_messages:
             return StopReason.MESSAGE_CAP
-        if self.run_._queue_failures >= _QUEUE_FAILURE_LIMIT:
+        if run.queue_failures >= _QUEUE_FAILURE_LIMIT:
             return StopReason.QUEUE_UNAVAILABLE
         queued = sum(1 for kind, _ in self.outstanding if kind == "RETR") + len(self.uploads)
-        if not self.run_._deadline.allows(
-            self.sent_bytes_in_flight() + message.size, queued, self.opts.upload_workers
-        ):
+        in_flight = sum(m.size for kind, m in self.outstanding if kind == "RETR") + sum(
+            d.size for d in self.uploads.values()
+        )
+        if not self.deadline.allows(in_flight + message.size, queued, opts.upload_workers):
             return StopReason.DEADLINE
         if (
             self.sent_retr
@@ -568,164 +782,179 @@ class _SessionRun:
             return "commit"
         return None
 
-    def sent_bytes_in_flight(self) -> int:
-        return sum(m.size for kind, m in self.outstanding if kind == "RETR") + sum(
-            size for _, size in self.uploads.values()
-        )
-
     # -- reading answers ----------------------------------------------------------
+
+    def _must_wait_before_reading(self) -> bool:
+        """Hold back reading the next message while memory or disk is full.
+
+        Counted in bytes actually held, so a server that lists messages as
+        0 bytes cannot make the run hold more than the budget plus one message.
+        """
+        kind, message = self.outstanding[0]
+        if kind != "RETR" or not self.uploads:
+            return False
+        if message.size > self.opts.stream_threshold:
+            return self.spooled + message.size > self.opts.spool_budget
+        return self.held >= self.opts.memory_budget
 
     def _read_one(self) -> None:
         kind, message = self.outstanding.popleft()
         if kind == "DELE":
+            sha256 = self.dele_digests.pop(message.number)
             try:
                 self.mailbox.read_dele(message)
             except ProtocolError as exc:
                 logger.warning("DELE refused; message stays", extra={"error": str(exc)})
                 return
-            self.outcome.marked.append(message)
+            self.outcome.marked.append((message, sha256))
             return
-        try:
-            stream = self.mailbox.read_retr(message)
-        except ProtocolError as exc:
-            self._release(message)
-            self.run_._fail(self.summary, message, str(exc))
-            self.run_._handled.add(message.uidl)
+        download = self._download(message)
+        if download is None:
             return
-        if self.winding_down:
-            stream.drain()  # no time left to store it; it stays on the server
-            self._release(message)
-            return
-        self.run_._handled.add(message.uidl)
-        expected = self.verify.pop(message.uidl, None)
+        expected = self.prove.pop(message.uidl, None) if message.unique else None
         if expected is not None:
-            try:
-                if self._verify_known(message, stream, expected):
-                    return
-            except ProtocolError as exc:
-                self.run_._fail(self.summary, message, str(exc))
-                raise ConnectionLost("session abandoned after an oversized answer") from exc
-            self.run_._handled.discard(message.uidl)
-            self.to_fetch.appendleft(message)  # fetch it again, as the new message it is
-            self.fetching = self.fetching or not self.outcome.abandon
-            return
-        if message.size <= self.opts.stream_threshold:
-            started = time.monotonic()
-            try:
-                data = stream.read_all()
-            except ConnectionLost as exc:
-                # Possibly this message's fault (a server that chokes on it):
-                # counted, so a message that always breaks the line is quarantined.
-                self._release(message)
-                self.run_._fail(self.summary, message, str(exc))
-                raise
-            except ProtocolError as exc:  # grew far past its LIST size
-                self._release(message)
-                self.run_._fail(self.summary, message, str(exc))
-                raise ConnectionLost("session abandoned after an oversized answer") from exc
-            self.run_._deadline.observe(len(data), time.monotonic() - started)
-            future = self.pool.submit(self._store_bytes, message, data)
-            self.uploads[future] = (message, message.size)
-            future.add_done_callback(self.completed.put)
-        else:
-            self._store_streaming(message, stream)
-
-    def _verify_known(self, message: ServerMessage, stream: MessageStream, expected: str) -> bool:
-        """True (and the DELE queued) when the bytes are those announced before."""
-        reader = CapturingReader(stream)
-        while reader.read(1 << 20):
-            pass
-        self._release(message)
-        if reader.sha256[: len(expected)] != expected:
+            if download.sha256 == expected:
+                self._proven(download)
+                return
             logger.warning("UIDL reused for other content; treating it as a new message")
             self.run_.state.seen.pop(uidl_digest(message.uidl), None)
-            return False
-        self.summary.redeleted += 1
-        self.to_delete.append(message)
-        return True
+        if not message.unique and download.sha256 in self.run_.state.seen_content:
+            # Announced before under its content digest (no unique UIDL).
+            self.run_.state.seen_content[download.sha256] = time.time()
+            self._proven(download)
+            return
+        future = self.upload_pool.submit(self._store, download)
+        self.uploads[future] = download
+        future.add_done_callback(self.completed.put)
 
-    def _store_bytes(self, message: ServerMessage, data: bytes) -> _Stored:
+    def _download(self, message: ServerMessage) -> _Download | None:
+        """RETR's answer, hashed; None when the server refused it. Any failure
+        while reading counts against the message, whatever it was."""
+        try:
+            stream = self.mailbox.read_retr(message)
+        except ProtocolError as exc:  # -ERR: nothing was retrieved
+            self.run_.fail(message, str(exc))
+            return None
+        except ConnectionLost as exc:
+            # A message whose first line looks like a status line lands here
+            # on every run: counted, it is quarantined in time.
+            self._failed_download(message, exc)
+            raise
+        self.retrieved.add(message.number)
         started = time.monotonic()
         try:
-            return self._put_bytes(message, data)
-        finally:
-            self.run_._deadline.observe_upload(time.monotonic() - started)
+            if message.size > self.opts.stream_threshold:
+                download = self._spool(message, stream)
+            else:
+                data = stream.read_all()
+                download = _Download(
+                    message, hashlib.sha256(data).hexdigest(), len(data), data[:HEADER_LIMIT], data
+                )
+                self.held += len(data)
+        except ConnectionLost as exc:
+            self._failed_download(message, exc)
+            raise
+        except ProtocolError as exc:  # grew far past its LIST size: out of step
+            self.run_.fail(message, str(exc))
+            raise ConnectionLost("session abandoned after an oversized answer") from exc
+        except OSError as exc:  # the spool file: /tmp full
+            self.run_.fail(message, f"cannot spool the message: {exc}")
+            if not stream.finished:
+                raise ConnectionLost("session abandoned: message could not be spooled") from exc
+            self._no_quit("a retrieved message could not be kept")
+            return None
+        self.deadline.observe(download.size, time.monotonic() - started)
+        return download
 
-    def _put_bytes(self, message: ServerMessage, data: bytes) -> _Stored:
-        digest = hashlib.sha256(data).hexdigest()
-        key = object_key(self.opts.key_prefix, self.run_.mailbox_name, message.uidl)
-        store = self.run_._store
-        meta = {"mailbox": self.run_.mailbox_name}
-        new = store.put_bytes(key, data, digest, meta)
-        if not new and not _same(store.stored_object(key), len(data), digest):
-            # The key holds other bytes: the server reused a UIDL. Keep both.
+    def _failed_download(self, message: ServerMessage, exc: Exception) -> None:
+        # Cut off by the run's own deadline is not the message's fault.
+        near_cutoff = self.deadline.seconds_to_cutoff() <= _CUTOFF_SLACK_SECONDS
+        self.run_.fail(message, str(exc), poison=not near_cutoff)
+
+    def _spool(self, message: ServerMessage, stream: MessageStream) -> _Download:
+        reader = CapturingReader(stream)
+        spool = tempfile.TemporaryFile(prefix="pop3-ingest-")  # noqa: SIM115  # closed by _Download
+        try:
+            while chunk := reader.read(MIB):
+                spool.write(chunk)
+            spool.flush()
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        self.spooled += reader.size
+        return _Download(message, reader.sha256, reader.size, reader.head, spool=spool)
+
+    def _proven(self, download: _Download) -> None:
+        """The bytes just retrieved are those of a stored, announced object."""
+        message = download.message
+        self._release(download)
+        self.confirmed.add(message.number)
+        self.run_.state.record_success(failure_key(message))
+        if self.opts.delete:
+            self.summary.redeleted += 1
+            self.to_delete.append((message, download.sha256))
+
+    def _release(self, download: _Download) -> None:
+        if download.spool is not None:
+            self.spooled -= download.size
+        else:
+            self.held -= download.size
+        download.close()
+
+    # -- storing (upload threads) -----------------------------------------------
+
+    def _store(self, download: _Download) -> _Stored:
+        started = time.monotonic()
+        try:
+            return self._put(download)
+        finally:
+            self.deadline.observe_upload(time.monotonic() - started)
+
+    def _put(self, download: _Download) -> _Stored:
+        message, digest, run = download.message, download.sha256, self.run_
+        if message.unique:
+            key = object_key(self.opts.key_prefix, run.mailbox_name, message.uidl)
+        else:
+            key = content_key(self.opts.key_prefix, run.mailbox_name, digest)
+        new = self._write(key, download)
+        if not new and not _same(run.store.stored_object(key), download.size, digest):
+            # The key holds other bytes (a reused UIDL) or bytes we cannot
+            # prove: keep both, under a key that names this content.
             key = _alternate_key(key, digest)
-            new = store.put_bytes(key, data, digest, meta)
-            if not new and not _same(store.stored_object(key), len(data), digest):
+            new = self._write(key, download)
+            if not new and not _same(run.store.stored_object(key), download.size, digest):
                 raise StoreError(f"{key} holds other content; message left on server")
             logger.warning("UIDL reused with different content", extra={"key": key})
-        headers = parse_header_fields(data[: 64 * 1024])
-        return _Stored(message, self._record(message, key, len(data), digest, headers), new)
-
-    def _store_streaming(self, message: ServerMessage, stream: MessageStream) -> None:
-        # Big messages go straight from the socket into a multipart upload:
-        # memory stays bounded, and this session waits for it.
-        key = object_key(self.opts.key_prefix, self.run_.mailbox_name, message.uidl)
-        reader = CapturingReader(stream)
-        started = time.monotonic()
-        try:
-            new = self.run_._store.put_stream(key, reader, {"mailbox": self.run_.mailbox_name})
-        except StoreError as exc:
-            if not stream.finished:
-                stream.drain()
-            self.run_._fail(self.summary, message, str(exc))
-            self._abandon()
-            return
-        except ProtocolError as exc:
-            self.run_._fail(self.summary, message, str(exc))
-            raise ConnectionLost("session abandoned after an oversized answer") from exc
-        if not stream.finished:
-            stream.drain()
-            self.run_._fail(self.summary, message, "store returned before the end of message")
-            self._abandon()
-            return
-        self.run_._deadline.observe(reader.size, time.monotonic() - started)
-        if not new:
-            existing = self.run_._store.stored_object(key)
-            if existing is None or existing.size != reader.size:
-                # Rare (a reused UIDL on a big message): leave it for a later
-                # run rather than hold a second copy of it in memory here.
-                self.run_._fail(self.summary, message, f"{key} holds other content")
-                self._abandon()
-                return
-        record = self._record(message, key, reader.size, reader.sha256, reader.header_fields())
-        self._stored(_Stored(message, record, new))
-
-    def _record(
-        self,
-        message: ServerMessage,
-        key: str,
-        size: int,
-        digest: str,
-        headers: dict[str, str | None],
-    ) -> StoredMessage:
-        return StoredMessage(
-            bucket=self.run_._store.bucket,
+        headers = parse_header_fields(download.head)
+        record = StoredMessage(
+            bucket=run.store.bucket,
             key=key,
-            size=size,
+            size=download.size,
             sha256=digest,
-            mailbox=self.run_.mailbox_name,
+            mailbox=run.mailbox_name,
             uidl=message.uidl,
             headers=headers,
             stored_at=datetime.now(UTC),
         )
+        return _Stored(message, record, new)
+
+    def _write(self, key: str, download: _Download) -> bool:
+        meta = {"mailbox": self.run_.mailbox_name}
+        store = self.run_.store
+        if download.data is not None:
+            return store.put_bytes(key, download.data, download.sha256, meta)
+        assert download.spool is not None  # nosec B101  # one of the two is always set
+        download.spool.seek(0)
+        cancelled = self.run_.cancelled.is_set
+        return store.put_file(key, download.spool, download.sha256, meta, cancelled)
 
     # -- completions --------------------------------------------------------------
 
     def _harvest(self, *, block: bool) -> None:
         if not (self.uploads or self.announces):
             return
-        timeout = max(0.05, self.run_._deadline.seconds_left())
+        timeout = max(0.01, min(self.deadline.seconds_to_cutoff(), 1.0))
         if self.ready:
             timeout = min(timeout, _BATCH_WAIT_SECONDS)
         # Completions arrive on a queue (done callbacks): cheaper than
@@ -738,96 +967,78 @@ class _SessionRun:
                 done.append(self.completed.get_nowait())
         for future in done:
             if future in self.uploads:
-                message, size = self.uploads.pop(future)
-                self.buffered -= size
+                download = self.uploads.pop(future)
+                self._release(download)
                 try:
                     stored = future.result()
                 except Pop3IngestError as exc:
-                    self.run_._fail(self.summary, message, str(exc))
-                    self._abandon()
+                    self.run_.fail(download.message, str(exc))
+                    self._no_quit("a retrieved message could not be stored")
                     continue
                 self._stored(stored)
             elif future in self.announces:
-                batch = self.announces.pop(future)
-                self._announced(batch, future)
-        if not self.winding_down:
-            self._announce(force=not self.outstanding and not self.uploads)
+                self._announced(self.announces.pop(future), future)
+        self._announce(force=not self.outstanding and not self.uploads)
 
     def _stored(self, stored: _Stored) -> None:
-        self._count_stored(stored)
-        self.ready.append(stored)
-        if not self.winding_down:
-            self._announce(force=False)
-
-    def _count_stored(self, stored: _Stored) -> None:
         if stored.new:
             self.summary.stored += 1
             self.summary.bytes_stored += stored.record.size
         else:
             self.summary.already_stored += 1
+        self.ready.append(stored)
+        self._announce(force=False)
 
     def _announce(self, *, force: bool) -> None:
         # Full batches at once; a partial one once it has waited a moment.
         if self.ready and time.monotonic() - self.ready[0].ready_at >= _BATCH_WAIT_SECONDS:
             force = True
-        while self.ready and (len(self.ready) >= 10 or force):
-            batch, self.ready = self.ready[:10], self.ready[10:]
-            future = self.run_._announce_pool.submit(
-                self.run_._announcer.announce_batch, [s.record.pointer() for s in batch]
+        while self.ready and (len(self.ready) >= SQS_BATCH_SIZE or force):
+            batch = self.ready[:SQS_BATCH_SIZE]
+            self.ready = self.ready[SQS_BATCH_SIZE:]
+            future = self.announce_pool.submit(
+                self.run_.announcer.announce_batch, [s.record.pointer() for s in batch]
             )
             self.announces[future] = batch
             future.add_done_callback(self.completed.put)
 
     def _announced(self, batch: list[_Stored], future: Future[set[int]]) -> None:
+        run = self.run_
         try:
             failed = future.result()
         except AnnounceError as exc:
-            self.run_._queue_failures += 1
+            run.queue_failures += 1
             for stored in batch:
                 # The queue failing is not the message's fault: no poison count.
-                self.run_._fail(self.summary, stored.message, str(exc), poison=False)
-            self._abandon()
+                run.fail(stored.message, str(exc), poison=False)
+            self._no_quit("a pointer could not be sent")
             return
-        self.run_._queue_failures = 0
-        state = self.run_.state
+        run.queue_failures = 0
+        state = run.state
         for index, stored in enumerate(batch):
+            message = stored.message
             if index in failed:
-                self.run_._fail(self.summary, stored.message, "SQS rejected the pointer")
-                self._abandon()
+                run.fail(message, "SQS rejected the pointer")
+                self._no_quit("a pointer was rejected")
                 continue
             self.summary.announced += 1
-            digest = uidl_digest(stored.message.uidl)
-            state.record_success(digest)
-            state.seen[digest] = f"{stored.message.size}:{stored.record.sha256[:32]}"
-            self.run_._confirmed.add(stored.message.uidl)
-            if self.opts.delete and not self.outcome.abandon:
-                self.to_delete.append(stored.message)
-
-    def _release(self, message: ServerMessage) -> None:
-        if message.size <= self.opts.stream_threshold:
-            self.buffered -= message.size
-
-    def _settle_after_loss(self) -> None:
-        # Uploads already running finish (a re-run then finds them stored);
-        # nothing more is announced: the next run announces them once.
-        for upload in list(self.uploads):
-            message, _ = self.uploads.pop(upload)
-            try:
-                stored = upload.result()
-            except Pop3IngestError as exc:
-                self.run_._fail(self.summary, message, str(exc))
-                continue
-            self._count_stored(stored)
-        for announce in list(self.announces):
-            self.announces.pop(announce)
-            with suppress(Pop3IngestError):
-                announce.result()
+            self.confirmed.add(message.number)
+            state.record_success(failure_key(message))
+            if message.unique:
+                state.seen[uidl_digest(message.uidl)] = Seen(
+                    size=message.size, sha256=stored.record.sha256
+                )
+            else:
+                state.seen_content[stored.record.sha256] = time.time()
+            if self.opts.delete and not self.no_quit_reason and self.line_up:
+                self.to_delete.append((message, stored.record.sha256))
 
 
 def _same(existing: StoredObject | None, size: int, digest: str) -> bool:
+    """Only a recorded SHA-256 equal to ours proves the object holds these bytes."""
     if existing is None or existing.size != size:
         return False
-    return existing.sha256 is None or existing.sha256 == digest
+    return is_sha256(existing.sha256) and existing.sha256 == digest
 
 
 def _alternate_key(key: str, digest: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 POINTER_VERSION = 1
 # Headers end at the first empty line; we never keep more than this of them.
-_HEADER_LIMIT = 64 * 1024
+HEADER_LIMIT = 64 * 1024
 _FIELD_LIMIT = 1000
 # Starts with a letter or digit, so "_state/" and "_quarantine/" never collide.
 _SAFE_MAILBOX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
@@ -33,6 +33,17 @@ def object_key(prefix: str, mailbox: str, uidl: str) -> str:
     if not _SAFE_MAILBOX.match(mailbox):
         raise ValueError(f"unsafe mailbox name {mailbox!r}")
     return f"{prefix}{mailbox}/{uidl_digest(uidl)}.eml"
+
+
+def content_key(prefix: str, mailbox: str, sha256_hex: str) -> str:
+    """Key for a message without a unique UIDL: named by its content digest.
+
+    The "c-" keeps these apart from UIDL keys; the same bytes always land on
+    the same key, so a repeated download never stores a second copy.
+    """
+    if not _SAFE_MAILBOX.match(mailbox):
+        raise ValueError(f"unsafe mailbox name {mailbox!r}")
+    return f"{prefix}{mailbox}/c-{sha256_hex}.eml"
 
 
 def uidl_digest(uidl: str) -> str:
@@ -58,13 +69,18 @@ class CapturingReader:
         self._sha256.update(data)
         self.size += len(data)
         if not self._head_complete and data:
-            self._head += data[: _HEADER_LIMIT - len(self._head)]
-            self._head_complete = b"\r\n\r\n" in self._head or len(self._head) >= _HEADER_LIMIT
+            self._head += data[: HEADER_LIMIT - len(self._head)]
+            self._head_complete = b"\r\n\r\n" in self._head or len(self._head) >= HEADER_LIMIT
         return data
 
     @property
     def sha256(self) -> str:
         return self._sha256.hexdigest()
+
+    @property
+    def head(self) -> bytes:
+        """The start of the message (at most the header limit)."""
+        return bytes(self._head)
 
     def header_fields(self) -> dict[str, str | None]:
         return parse_header_fields(bytes(self._head))

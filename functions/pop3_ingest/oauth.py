@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pop3_ingest.errors import AuthError, ConnectError, SecretError, TlsError
+from pop3_ingest.redaction import Redactor
 
 MICROSOFT_365_SCOPE = "https://outlook.office365.com/.default"
 GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"  # noqa: S105  # nosec B105
@@ -398,19 +399,9 @@ class TokenProvider:
         return token, started + expires_in - EXPIRY_MARGIN_S
 
     def _clean(self, text: str, limit: int = 300, extra: Iterable[str] = ()) -> str:
-        return sanitize(text, (*self.settings.secret_values(), *extra), limit)
-
-
-def sanitize(text: str, secrets: Iterable[str] = (), limit: int = 300) -> str:
-    """Text from a remote party made safe for a log line: secrets masked, printable, bounded."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-            quoted = urllib.parse.quote_plus(secret)
-            if quoted != secret:
-                text = text.replace(quoted, "***")
-    text = "".join(c if c.isprintable() else " " for c in text).strip()
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        """The token endpoint's text for an error: every run of a secret masked
+        (also URL-encoded, as the form carried it), printable, bounded."""
+        return Redactor((*self.settings.secret_values(), *extra)).mask(text, limit)
 
 
 def _default_context() -> ssl.SSLContext:

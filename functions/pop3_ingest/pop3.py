@@ -46,7 +46,9 @@ from pop3_ingest.errors import (
     TransferTooSlow,
 )
 from pop3_ingest.oauth import TokenProvider
+from pop3_ingest.redaction import Redactor, credential_refusal, printable
 from pop3_ingest.sasl import (
+    SaslRejected,
     auth_plain,
     auth_xoauth2,
     plain_response,
@@ -83,6 +85,10 @@ class ServerMessage:
     number: int
     uidl: str
     size: int
+    # False when the UIDL cannot name this message alone (shared with another
+    # message, empty, or a server without UIDL): it is then known by its
+    # content digest, and fetched, stored and deleted within one session.
+    unique: bool = True
 
 
 @dataclass(frozen=True)
@@ -106,15 +112,6 @@ def allowed_size(listed_size: int) -> int:
     unbounded stream is not.
     """
     return listed_size + listed_size // 4 + 1024 * 1024
-
-
-def printable(raw: bytes, secrets: tuple[bytes, ...] = (), limit: int = 120) -> str:
-    """Server text for an error message: secrets removed first, then made printable, bounded."""
-    for secret in secrets:
-        if secret:
-            raw = raw.replace(secret, b"***")
-    text = raw.decode("utf-8", "replace")
-    return "".join(c if c.isprintable() else "?" for c in text)[:limit]
 
 
 # -- time limits ------------------------------------------------------------------
@@ -234,6 +231,9 @@ class _Client(poplib.POP3):
     has set its own (:meth:`begin_answer`).
     """
 
+    # Steps whose answers may echo a credential: never shown (docs/security.md).
+    CREDENTIAL_STEPS = frozenset({"login", "USER", "PASS"})
+
     def __init__(
         self,
         host: str,
@@ -260,14 +260,41 @@ class _Client(poplib.POP3):
             raise
 
     def _create_socket(self, timeout: float) -> socket.socket:
-        sock = socket.create_connection((self.host, self.port), timeout)
-        if self._tls_context is None:
-            return sock
+        """TCP connect and TLS handshake, each within the run's time left; the greeting
+        is read next, under a clock that keeps to it as well."""
+        where = f"{self.host}:{self.port}"
+        with self._cut_off(timeout, where, "connecting to") as wait:
+            sock = socket.create_connection((self.host, self.port), wait)
         try:
-            return self._tls_context.wrap_socket(sock, server_hostname=self.host)
+            if self._tls_context is not None:
+                with self._cut_off(timeout, where, "TLS handshake with") as wait:
+                    sock.settimeout(wait)
+                    sock = self._tls_context.wrap_socket(sock, server_hostname=self.host)
+            sock.settimeout(timeout)  # each read's own limit from here (_TimedSocketReader)
         except BaseException:
             sock.close()
             raise
+        return sock
+
+    @contextlib.contextmanager
+    def _cut_off(self, timeout: float, where: str, step: str) -> Iterator[float]:
+        """The wait for one connect step; a timeout caused by the run's cut-off says so."""
+        wait = self._connect_wait(timeout, where)
+        try:
+            yield wait
+        except TimeoutError as exc:
+            if wait < timeout:
+                raise ConnectError(f"{step} {where}: cut off, the run is out of time") from exc
+            raise
+
+    def _connect_wait(self, timeout: float, where: str) -> float:
+        """How long the next connect step may take: the timeout, or less if the run ends first."""
+        if self.limits.time_left is None:
+            return timeout
+        left = self.limits.time_left()
+        if left <= 0:
+            raise ConnectError(f"no time left to connect to {where}: the run's cut-off is reached")
+        return min(timeout, left)
 
     def reader(self) -> io.BufferedReader:
         """The buffered reader over the current socket (a new one after STLS).
@@ -314,14 +341,19 @@ class _Client(poplib.POP3):
         line, _ = self._getline()
         if line.startswith(b"+OK"):
             return line
-        secrets = self.secrets()
+        if self.label in self.CREDENTIAL_STEPS:
+            # The answer to a credential may echo it, whole or cut: only its code is kept.
+            if line.startswith(b"-ERR"):
+                raise poplib.error_proto(credential_refusal(line))
+            raise SessionOutOfStep(
+                f"{self.label}: expected +OK or -ERR, the server sent something else "
+                "(not shown: it answered a credential)"
+            )
+        redactor = Redactor(self.secrets())
         if line.startswith(b"-ERR"):
-            for secret in secrets:
-                if secret:
-                    line = line.replace(secret, b"***")
-            raise poplib.error_proto(line)
+            raise poplib.error_proto(redactor.mask_status_line(line))
         raise SessionOutOfStep(
-            f"{self.label}: expected +OK or -ERR, the server sent {printable(line, secrets)!r}"
+            f"{self.label}: expected +OK or -ERR, the server sent {redactor.mask(line, 120)!r}"
         )
 
     def pass_(self, pswd: str) -> bytes:
@@ -707,15 +739,24 @@ class Pop3Mailbox:
         except poplib.error_proto as exc:
             if token_provider is not None:
                 token_provider.invalidate(token)  # the next attempt fetches a fresh one
-            raw = exc.args[0] if exc.args and isinstance(exc.args[0], bytes) else b""
+            # Only a registered code is kept of the answer (credential_refusal): its
+            # text may echo the credential, cut anywhere. "from None" for the same reason.
+            raw = credential_refusal(
+                exc.args[0] if exc.args and isinstance(exc.args[0], bytes) else b""
+            )
             code = response_code(raw)
             if code in BUSY_CODES:
                 raise MailboxBusy(
-                    f"mailbox {cfg.mailbox} is busy ({code}): {self._text(exc)}", code
+                    f"mailbox {cfg.mailbox} is busy ({code}): the server refused the login for now",
+                    code,
                 ) from None
-            # "from None": the server's line, in the chained error, could echo a secret.
+            shown = f" [{code}]" if code else ""
+            status = exc.status if isinstance(exc, SaslRejected) else None
+            if status is not None:
+                shown += f" (XOAUTH2 status {status})"
             raise AuthError(
-                f"login as {cfg.username!r} at {cfg.host}:{cfg.port} failed: {self._text(exc)}",
+                f"login as {cfg.username!r} at {cfg.host}:{cfg.port} failed:{shown} "
+                "the server rejected the credentials",
                 code,
             ) from None
         except ValueError as exc:  # credentials that cannot be put on the wire
@@ -731,13 +772,20 @@ class Pop3Mailbox:
     # -- mailbox commands ---------------------------------------------------
 
     def list_messages(self) -> list[ServerMessage]:
-        """Every message that has a usable UIDL, with its size, in server order.
+        """Every message that can be fetched safely, with its size, in server order.
 
+        Messages without a unique UIDL are included, marked ``unique=False``.
         The others (see :func:`parse_listing`) are in :attr:`skipped`, logged,
         and left on the server.
         """
         client = self._require_client()
-        uidl_lines = self._listing(client, "UIDL")
+        try:
+            uidl_lines: list[bytes] | None = self._listing(client, "UIDL")
+        except ProtocolError:
+            # RFC 1939 makes UIDL optional: every message is then known by
+            # its content digest (see parse_listing).
+            logger.warning("server has no UIDL; messages are identified by their content")
+            uidl_lines = None
         list_lines = self._listing(client, "LIST")
         try:
             messages, self.skipped = parse_listing(uidl_lines, list_lines)
@@ -746,12 +794,12 @@ class Pop3Mailbox:
             raise
         for skipped in self.skipped[:_SKIPS_LOGGED]:
             logger.warning(
-                "message without a usable UIDL left on server",
+                "listing entry that cannot be fetched safely left on server",
                 extra={"message_number": skipped.number, "reason": skipped.reason},
             )
         if len(self.skipped) > _SKIPS_LOGGED:
             logger.warning(
-                "more messages without a usable UIDL left on server",
+                "more listing entries that cannot be fetched safely left on server",
                 extra={"count": len(self.skipped) - _SKIPS_LOGGED},
             )
         return messages
@@ -762,10 +810,7 @@ class Pop3Mailbox:
                 client.send_line(command.encode("ascii"))
                 client._getresp()
             except poplib.error_proto as exc:
-                raise ProtocolError(
-                    f"{command} refused ({self._text(exc)}); UIDL and LIST are required "
-                    "for safe deletion"
-                ) from exc
+                raise ProtocolError(f"{command} refused ({self._text(exc)})") from exc
             return client.multiline(f"{command} listing", MAX_LISTING_BYTES)
 
     @property
@@ -864,56 +909,60 @@ class Pop3Mailbox:
                 client.close()
 
     def _secret_bytes(self) -> tuple[bytes, ...]:
-        """What must never appear in an error message, as a server might echo it:
-        the password, the access token and OAuth2 secrets, and the base64 SASL
-        strings that carry them."""
+        """What no run of may appear in an error message, as a server might echo it:
+        the password, the access token and OAuth2 secrets (as UTF-8 and latin-1),
+        and the base64 SASL strings that carry them."""
         cfg = self._config
         values = [cfg.password, self._token]
         if cfg.oauth is not None:
             values += cfg.oauth.secret_values()
-        out: list[bytes] = []
+        out: set[bytes] = set()
         for value in values:
             if value:
-                out.append(value.encode("utf-8", "replace"))
+                out.add(value.encode("utf-8", "replace"))
                 with contextlib.suppress(UnicodeError):
-                    out.append(value.encode("latin-1"))
+                    out.add(value.encode("latin-1"))
         if cfg.password:
             with contextlib.suppress(ValueError):
-                out.append(plain_response(cfg.username, cfg.password))
+                out.add(plain_response(cfg.username, cfg.password))
         if self._token:
             with contextlib.suppress(ValueError):
-                out.append(xoauth2_response(cfg.username, self._token))
-        # Longest first: a secret inside another is hidden with it.
-        return tuple(sorted(set(out), key=len, reverse=True))
+                out.add(xoauth2_response(cfg.username, self._token))
+        return tuple(sorted(out))
 
     def _text(self, exc: poplib.error_proto) -> str:
-        """Server text for an error message: printable, bounded, never a secret."""
+        """Server text (not an answer to a credential) for an error message: every run
+        of a secret masked, printable, bounded (pop3_ingest.redaction)."""
         raw = exc.args[0] if exc.args else b""
         data = raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "replace")
-        return printable(data, self._secret_bytes(), limit=200)
+        return Redactor(self._secret_bytes()).mask(data, limit=200)
 
 
 # -- listings ---------------------------------------------------------------------------
 
 
 def parse_listing(
-    uidl_lines: list[bytes], list_lines: list[bytes]
+    uidl_lines: list[bytes] | None, list_lines: list[bytes]
 ) -> tuple[list[ServerMessage], list[SkippedMessage]]:
-    """Pair the UIDL and LIST listings; leave out what cannot be identified safely.
+    """Pair the UIDL and LIST listings (``uidl_lines`` None: the server has no UIDL).
 
     A line that does not start with a message number means the answers are out
     of step (:class:`SessionOutOfStep`). A message is skipped, and stays on the
-    server, when its number is 0 or listed twice, it is missing from either
-    listing, its size is not a number, its UIDL is empty, or its UIDL is shared
-    with another message: two messages with one UIDL cannot be told apart
-    across sessions, so neither may be fetched and deleted on that UIDL's word.
+    server, only when it cannot be fetched safely: its number is 0 or listed
+    twice, it is missing from LIST, or its size is not a number.
+
+    A message whose UIDL is empty, shared with another message, or missing
+    (RFC 1939 makes UIDL optional) is still listed, with ``unique=False``: it
+    cannot be told apart from its twins across sessions, so the core knows it
+    by its content digest instead and deletes it only in the session that
+    downloaded and hashed it.
 
     Any other UIDL is accepted as the server sent it (RFC 1939 asks for 1-70
     characters in 0x21-0x7E; longer ones, ``/``, ``..``, ``%``, spaces inside
     and 8-bit bytes are taken as they are, decoded as latin-1 so every byte
     survives). Object keys hold a digest of it, never the text itself.
     """
-    uidls, uidl_twice = _numbered(uidl_lines, "UIDL")
+    uidls, uidl_twice = _numbered(uidl_lines or [], "UIDL")
     sizes, size_twice = _numbered(list_lines, "LIST")
     by_uidl: dict[bytes, list[int]] = {}
     for number, rest in uidls.items():
@@ -930,13 +979,6 @@ def parse_listing(
             reason = "message number 0"
         elif number in uidl_twice or number in size_twice:
             reason = "message number listed twice"
-        elif number not in uidls:
-            reason = "listed by LIST but not by UIDL"
-        elif not uidl:
-            reason = "empty UIDL"
-        elif len(by_uidl[uidl]) > 1:
-            others = ", ".join(str(n) for n in by_uidl[uidl][:5] if n != number)
-            reason = f"UIDL shared with message(s) {others}"
         elif number not in sizes:
             reason = "listed by UIDL but not by LIST"
         elif not size_words or not size_words[0].isdigit():
@@ -944,7 +986,10 @@ def parse_listing(
         if reason is not None:
             skipped.append(SkippedMessage(number, reason))
             continue
-        messages.append(ServerMessage(number, uidl.decode("latin-1"), int(size_words[0])))
+        unique = bool(uidl) and len(by_uidl[uidl]) == 1
+        messages.append(
+            ServerMessage(number, uidl.decode("latin-1"), int(size_words[0]), unique=unique)
+        )
     return messages, skipped
 
 

@@ -7,8 +7,11 @@ access token) is written straight to the socket, never through poplib's
 to ``sys.audit`` hooks. No credential ever enters an exception message.
 
 A refused login raises :class:`poplib.error_proto` (as poplib's own ``pass_``
-does) whose first argument is the server's ``-ERR`` line, so callers map
-``[AUTH]``, ``[IN-USE]``, ``[SYS/TEMP]``... the way they map a refused PASS.
+does) whose first argument is the server's ``-ERR`` line cut to its status and
+registered response code (:func:`pop3_ingest.redaction.credential_refusal`),
+so callers map ``[AUTH]``, ``[IN-USE]``, ``[SYS/TEMP]``... the way they map a
+refused PASS. The rest of any answer to AUTH is never kept: it may echo the
+credential, whole or in pieces.
 """
 
 from __future__ import annotations
@@ -21,16 +24,21 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
+from pop3_ingest.redaction import credential_refusal
+
 # RFC 2449 / RFC 5034 §4: a command line is at most 255 octets including CRLF;
 # an initial response that would exceed it must be sent after the "+" instead.
 MAX_COMMAND_LINE = 255
-_STATUS = re.compile(r"^[A-Za-z0-9._-]{1,40}$")
+# An HTTP status ("401"): three digits carry no usable piece of a credential,
+# where a free-form word from the server could.
+_STATUS = re.compile(r"^[1-5][0-9]{2}$")
 
 
 class SaslRejected(poplib.error_proto):
-    """The server refused the SASL exchange; ``args[0]`` is its ``-ERR`` line (bytes).
+    """The server refused the SASL exchange; ``args[0]`` is ``-ERR`` and its registered
+    response code, if any (bytes), never the server's text.
 
-    ``status`` is the HTTP-like status an XOAUTH2 server sent in its JSON error
+    ``status`` is the HTTP status an XOAUTH2 server sent in its JSON error
     challenge (e.g. ``"401"``), when it sent one.
     """
 
@@ -120,8 +128,6 @@ def _authenticate(client: poplib.POP3, mechanism: str, response: bytes, *, one_l
         final = _readline(client)
         if final.startswith(b"+OK"):
             return final
-        if status is not None and final.startswith(b"-ERR"):
-            raise SaslRejected(final + f" (XOAUTH2 status {status})".encode("ascii"), status)
         raise _refusal(final, mechanism, status)
     raise _refusal(reply, mechanism)
 
@@ -158,9 +164,9 @@ def _error_status(payload: bytes) -> str | None:
 
 def _refusal(line: bytes, mechanism: str, status: str | None = None) -> SaslRejected:
     if line.startswith(b"-ERR"):
-        return SaslRejected(line, status)
-    # Not -ERR: the session is out of step. Say what came, bounded (a server
-    # line, never anything we sent).
+        return SaslRejected(credential_refusal(line), status)
+    # Not -ERR: the session is out of step. What came is not shown: it answered
+    # a credential.
     return SaslRejected(
-        b"unexpected answer to AUTH " + mechanism.encode("ascii") + b": " + line[:100], status
+        b"unexpected answer to AUTH " + mechanism.encode("ascii") + b" (not shown)", status
     )

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import poplib
 import ssl
 import sys
@@ -17,6 +18,7 @@ import pytest
 from tests.support.dovecot import DovecotServer
 from tests.support.lambda_context import FakeLambdaContext
 from tests.support.moto_server import AwsResources
+from tests.support.popa3d import Popa3dMailbox, missing_requirements, popa3d_mailbox
 
 EVENT = {
     "version": "0",
@@ -85,6 +87,21 @@ class Harness:
 def harness(dovecot: DovecotServer, aws: AwsResources, monkeypatch: pytest.MonkeyPatch) -> Harness:
     monkeypatch.setenv("DEADLINE_MARGIN_SECONDS", "2")
     return Harness(dovecot=dovecot, aws=aws, monkeypatch=monkeypatch)
+
+
+@pytest.fixture
+def popa3d() -> Iterator[Popa3dMailbox]:
+    """A popa3d mailbox on 127.0.0.1: a fresh system user with an empty mbox.
+
+    Skipped locally, failed in CI, where popa3d cannot run (not installed, not root).
+    """
+    missing = missing_requirements()
+    if missing is not None:
+        if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
+            pytest.fail(f"{missing}; CI must run `make deps` as root", pytrace=False)
+        pytest.skip(missing)
+    with popa3d_mailbox() as mailbox:
+        yield mailbox
 
 
 def sha256(data: bytes) -> str:

@@ -14,7 +14,15 @@ port 0 that dispatches ``cmd_<verb>``), but every test writes its own script:
   first so many connections;
 - ``reorder_pipelined``: answer two pipelined commands in reverse order;
 - messages with lying LIST sizes, any UIDL bytes (or none), or a RETR answer
-  of their own (``wire``: see :func:`endless_lines`, :func:`endless_line`).
+  of their own (``wire``: see :func:`endless_lines`, :func:`endless_line`),
+  a status line of their own (``retr_status``), or a connection cut part-way
+  through their RETR answer (``cut_after``);
+- providers' habits: ``gmail`` (a message retrieved in a session that ends
+  with QUIT is no longer offered, deleted or not: see ``popped``),
+  ``listing_cap`` (each session numbers only the first so many messages),
+  ``uidl_for`` (UIDLs computed per session: unstable ones), and
+  ``enforce_login_delay`` (a login sooner than that after the previous one is
+  refused with ``-ERR [LOGIN-DELAY]``).
 
 The maildrop works as RFC 1939 says: DELE marks, QUIT (in the TRANSACTION
 state) deletes what is marked. ``committed`` lists the messages a QUIT
@@ -38,7 +46,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import NoReturn, Self
 
 # Where a fault can be injected. A command's step fires when the command
 # arrives (before its status line); "UIDL-body" and "LIST-body" after the
@@ -74,13 +82,18 @@ class FakeMessage:
     ``body`` is the exact message (CRLF line endings); the server dot-stuffs it.
     ``uidl`` is what follows ``<n> `` in the UIDL listing: ``None`` sends the
     number alone. ``listed_size`` is what LIST says (default: the true size);
-    ``wire`` replaces everything RETR sends after its status line.
+    ``wire`` replaces everything RETR sends after its status line;
+    ``retr_status`` replaces the status line itself (``-ERR ...``: refused,
+    and then nothing follows). ``cut_after``: the connection is reset after
+    that many bytes of the dot-stuffed message, in every session.
     """
 
     body: bytes
     uidl: bytes | None
     listed_size: int | bytes | None = None
     wire: Callable[[], Iterable[bytes]] | None = None
+    retr_status: bytes | None = None
+    cut_after: int | None = None
 
     @property
     def size(self) -> int:
@@ -145,6 +158,7 @@ class FakeSession:
         self.user: str | None = None
         self.numbered: dict[int, FakeMessage] = {}  # this session's message numbers
         self.marked: set[int] = set()
+        self.retrieved: set[int] = set()  # answered +OK to RETR in this session
         self._counts: dict[str, int] = {}
         self._buffer = bytearray()
 
@@ -238,7 +252,7 @@ class FakeSession:
             self.conn.close()
         raise _Hangup
 
-    def hang(self) -> None:
+    def hang(self) -> NoReturn:
         """Say nothing until the time limit (or until the server stops)."""
         self.server._stop.wait(max(0.0, self.deadline - time.monotonic()))
         raise _Hangup
@@ -321,6 +335,9 @@ class FakeSession:
 
     def retr_answer(self, message: FakeMessage) -> Iterator[bytes]:
         """Status line, then the message (or its ``wire``); "RETR-body" fires half-way."""
+        if message.retr_status is not None:
+            yield message.retr_status
+            return
         yield b"+OK %d octets\r\n" % message.size
         if message.wire is not None:
             chunks = iter(message.wire())
@@ -329,6 +346,9 @@ class FakeSession:
             yield from chunks
             return
         data = dot_stuff(message.body)
+        if message.cut_after is not None:
+            yield data[: message.cut_after]
+            self.reset()
         half = len(data) // 2
         yield data[:half]
         self.step("RETR-body")
@@ -341,7 +361,8 @@ class FakeSession:
 
         def line(number: int, message: FakeMessage) -> bytes:
             if verb == "UIDL":
-                value = message.uidl
+                uidl_for = self.server.uidl_for
+                value = message.uidl if uidl_for is None else uidl_for(self, number, message)
                 return b"%d" % number if value is None else b"%d %s" % (number, value)
             size = message.listed_size
             size_text = (
@@ -391,10 +412,20 @@ class FakeSession:
         if self.user != self.server.user or arg != self.server.password:
             self.user = None
             return b"-ERR [AUTH] invalid user name or password\r\n"
-        self.state = "TRANSACTION"
         with self.server._lock:
-            self.numbered = dict(enumerate(self.server.messages, start=1))
+            delay = self.server.enforce_login_delay
+            last = self.server.last_login
+            if delay and last is not None and time.monotonic() - last < delay:
+                self.server.login_delay_violations += 1
+                self.user = None
+                return b"-ERR [LOGIN-DELAY] logged in too recently\r\n"
+            self.server.last_login = time.monotonic()
+            offered = self.server.messages
+            if self.server.listing_cap is not None:
+                offered = offered[: self.server.listing_cap]
+            self.numbered = dict(enumerate(offered, start=1))
             self.server.logins += 1
+        self.state = "TRANSACTION"
         return b"+OK logged in\r\n"
 
     def cmd_stat(self, arg: str) -> ReplyResult:
@@ -413,6 +444,8 @@ class FakeSession:
         found = self.message(arg)
         if found is None:
             return b"-ERR no such message\r\n"
+        if found[1].retr_status is None:
+            self.retrieved.add(found[0])
         return self.retr_answer(found[1])
 
     def cmd_dele(self, arg: str) -> ReplyResult:
@@ -432,6 +465,9 @@ class FakeSession:
     def cmd_quit(self, arg: str) -> ReplyResult:
         if self.state == "TRANSACTION":
             self.server._commit([self.numbered[n] for n in sorted(self.marked)])
+            if self.server.gmail:
+                kept = sorted(self.retrieved - self.marked)
+                self.server._pop([self.numbered[n] for n in kept])
             self.marked.clear()
             self.state = "UPDATE"
             self.step("QUIT-after-commit")
@@ -456,6 +492,10 @@ class FakePop3Server:
         reorder_pipelined: bool = False,
         drip_interval: float = 1.0,
         time_limit: float = 20.0,
+        gmail: bool = False,
+        listing_cap: int | None = None,
+        uidl_for: Callable[[FakeSession, int, FakeMessage], bytes | None] | None = None,
+        enforce_login_delay: float = 0.0,
     ) -> None:
         self.messages: list[FakeMessage] = list(messages)
         self.user = user
@@ -469,8 +509,17 @@ class FakePop3Server:
         self.reorder_pipelined = reorder_pipelined
         self.drip_interval = drip_interval
         self.time_limit = time_limit
+        self.gmail = gmail
+        self.listing_cap = listing_cap
+        self.uidl_for = uidl_for
+        self.enforce_login_delay = enforce_login_delay
         # What happened, for the test to check.
         self.committed: list[FakeMessage] = []  # deleted by a QUIT, in order
+        # gmail: retrieved (not deleted) in a session that ended with QUIT,
+        # so no longer offered; in order.
+        self.popped: list[FakeMessage] = []
+        self.last_login: float | None = None  # time.monotonic() of the last login
+        self.login_delay_violations = 0
         self.commands: list[tuple[int, str]] = []  # (connection, line), PASS argument hidden
         self.faults_applied: list[tuple[int, str, str]] = []
         self.connections = 0
@@ -547,6 +596,12 @@ class FakePop3Server:
             for message in marked:
                 self.messages = [m for m in self.messages if m is not message]
                 self.committed.append(message)
+
+    def _pop(self, retrieved: list[FakeMessage]) -> None:
+        with self._lock:
+            for message in retrieved:
+                self.messages = [m for m in self.messages if m is not message]
+                self.popped.append(message)
 
     # -- threads -------------------------------------------------------------------
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
+from collections.abc import Callable
 from collections import deque
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from pop3_ingest.errors import AnnounceError, ConnectionLost, ProtocolError, StoreError
-from pop3_ingest.message import Readable, StoredObject
+from pop3_ingest.message import StoredObject
 from pop3_ingest.pop3 import ServerMessage
 
 
@@ -138,9 +140,16 @@ class FakeStore:
     def put_bytes(self, key: str, data: bytes, sha256_hex: str, metadata: dict[str, str]) -> bool:
         return self._put(key, data)
 
-    def put_stream(self, key: str, body: Readable, metadata: dict[str, str]) -> bool:
+    def put_file(
+        self,
+        key: str,
+        body: IO[bytes],
+        sha256_hex: str,
+        metadata: dict[str, str],
+        cancelled: Callable[[], bool],
+    ) -> bool:
         data = b""
-        while chunk := body.read(7):  # small reads: exercise streaming
+        while chunk := body.read(7):  # small reads: exercise the spooled file
             data += chunk
         return self._put(key, data)
 
@@ -158,7 +167,8 @@ class FakeStore:
     def stored_object(self, key: str) -> StoredObject | None:
         if key not in self.objects:
             return None
-        return StoredObject(size=len(self.objects[key]), sha256=None)
+        data = self.objects[key]
+        return StoredObject(size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
 @dataclass

@@ -333,12 +333,12 @@ def test_wrong_client_secret_is_an_auth_error(server: OAuthTestServer) -> None:
 
 def test_revoked_refresh_token_is_an_auth_error(server: OAuthTestServer) -> None:
     settings = OAuthSettings.from_secret(
-        {**GOOGLE, "token_url": server.token_url, "refresh_token": "revoked-refresh-token"}
+        {**GOOGLE, "token_url": server.token_url, "refresh_token": "1//09xQZkTv-7LdW"}
     )
     with pytest.raises(AuthError) as caught:
         TokenProvider(settings).token()
     assert "HTTP 400 invalid_grant: refresh token unknown or revoked" in str(caught.value)
-    assert_no_secrets(caught.value, "revoked-refresh-token")
+    assert_no_secrets(caught.value, "1//09xQZkTv-7LdW")
 
 
 def test_error_description_is_sanitized(server: OAuthTestServer) -> None:

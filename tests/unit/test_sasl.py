@@ -121,7 +121,7 @@ def test_auth_plain_rejected_raises_error_proto_with_the_err_line(pop: Connect) 
     client, server = pop([b"-ERR [AUTH] Authentication failed."])
     with pytest.raises(poplib.error_proto) as caught:
         sasl.auth_plain(client, USER, PASSWORD)
-    assert caught.value.args[0] == b"-ERR [AUTH] Authentication failed."
+    assert caught.value.args[0] == b"-ERR [AUTH]"  # the text may echo the credential
     assert PASSWORD not in str(caught.value)
     assert PLAIN.decode() not in str(caught.value)
     finish(client, server)
@@ -184,7 +184,7 @@ def test_xoauth2_rejected_token_sends_empty_line_then_raises(pop: Connect, two_s
     err = caught.value
     assert isinstance(err, poplib.error_proto)
     assert err.status == "401"
-    assert err.args[0] == b"-ERR [AUTH] Authentication failed. (XOAUTH2 status 401)"
+    assert err.args[0] == b"-ERR [AUTH]"
     for text in (str(err), repr(err)):
         assert TOKEN not in text
         assert XOAUTH2.decode() not in text
@@ -199,7 +199,7 @@ def test_xoauth2_error_challenge_that_is_not_json_still_completes_the_exchange(
     with pytest.raises(SaslRejected) as caught:
         sasl.auth_xoauth2(client, USER, TOKEN)
     assert caught.value.status is None
-    assert caught.value.args[0] == b"-ERR [AUTH] Authentication failed."
+    assert caught.value.args[0] == b"-ERR [AUTH]"  # the text may echo the credential
     assert finish(client, server)[-1] == b""
 
 

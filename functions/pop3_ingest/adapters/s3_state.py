@@ -1,32 +1,118 @@
-"""Per-mailbox run state and quarantine records, as small JSON objects in S3."""
+"""Per-mailbox run state and quarantine records, as small JSON objects in S3.
+
+Every state write is conditional on the ETag last read or written
+(``If-Match``; ``If-None-Match: *`` while there is none). A writer that lost
+the race reads the document again and merges its own changes onto it: it never
+overwrites another writer's. The same conditional write takes the mailbox's
+lease at the start of a run.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pop3_ingest.errors import StoreError
+from pop3_ingest.errors import StateDamaged, StoreError
 from pop3_ingest.state import MailboxState
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+logger = logging.getLogger(__name__)
+
+# A document this large is not a run state (100,000 remembered deletions are
+# about 15 MB): it is set aside unread rather than loaded into memory.
+_MAX_STATE_BYTES = 64 * 1024 * 1024
+# Conditional writes that lose the race are merged and tried again this often;
+# S3 may also answer 409 while another write to the key is in flight.
+_WRITE_ATTEMPTS = 4
+_CONFLICT = (frozenset({"PreconditionFailed", "ConditionalRequestConflict"}), frozenset({409, 412}))
+# A missing key; also what If-Match answers when the key is gone (an operator deleted it).
+_GONE = (frozenset({"NoSuchKey", "NotFound"}), frozenset({404}))
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """How long one state call may take, retries included: the one home of these facts.
+
+    The state store's client is built from ``config()``, and a call is not
+    started unless ``worst_case_seconds()`` is left before the deadline.
+    """
+
+    connect_timeout: float = 1.0
+    read_timeout: float = 3.0
+    attempts: int = 2
+
+    def config(self) -> Config:
+        return Config(
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            retries={"mode": "standard", "total_max_attempts": self.attempts},
+        )
+
+    def worst_case_seconds(self) -> float:
+        # Standard mode waits at most 2^(n-1) s (random) before retry n.
+        backoff = sum(2.0**n for n in range(self.attempts - 1))
+        return self.attempts * (self.connect_timeout + self.read_timeout) + backoff
+
+
+STATE_CALLS = CallLimits()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A state as last read or written, and the ETag that proves which version it is.
+
+    ``state`` is the merge base of the next write: callers work on a copy.
+    """
+
+    state: MailboxState
+    etag: str | None  # None: no document yet
+    damaged: str | None = None  # why the stored document was set aside, if it was
+
+
+class _Conflict(Exception):  # an internal signal, never leaves this module
+    """Someone else wrote the document since our snapshot."""
+
 
 class S3StateStore:
     """``<prefix>_state/<mailbox>.json`` and ``<prefix>_quarantine/<mailbox>/<digest>.json``.
 
-    Mailbox names start with a letter or digit, so these never collide with mail keys.
+    Mailbox names start with a letter or digit and hold no ``/``, so these
+    never collide with mail keys, and ``_state/damaged/`` with no state.
+    ``time_left`` (seconds) bounds every call: none is started that could run
+    past it. ``on_damaged`` is told each time a damaged state is set aside.
     """
 
-    def __init__(self, client: S3Client, bucket: str, prefix: str) -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        prefix: str,
+        *,
+        time_left: Callable[[], float] | None = None,
+        on_damaged: Callable[[str], None] | None = None,
+        limits: CallLimits = STATE_CALLS,
+    ) -> None:
         self._client = client
         self._bucket = bucket
         self._prefix = prefix
+        self._time_left = time_left
+        self._on_damaged = on_damaged
+        self._limits = limits
 
     def state_key(self, mailbox: str) -> str:
         return f"{self._prefix}_state/{mailbox}.json"
+
+    def damaged_key(self, mailbox: str, at: datetime) -> str:
+        return f"{self._prefix}_state/damaged/{mailbox}.{at:%Y%m%dT%H%M%S.%fZ}.json"
 
     def quarantine_prefix(self, mailbox: str) -> str:
         return f"{self._prefix}_quarantine/{mailbox}/"
@@ -34,38 +120,160 @@ class S3StateStore:
     def quarantine_key(self, mailbox: str, digest: str) -> str:
         return f"{self.quarantine_prefix(mailbox)}{digest}.json"
 
-    def load(self, mailbox: str) -> MailboxState:
+    # -- reading ------------------------------------------------------------------
+
+    def read(self, mailbox: str) -> Snapshot:
+        """The stored state; a damaged one is set aside and read as empty."""
         key = self.state_key(mailbox)
+        self._require_time(f"read s3://{self._bucket}/{key}")
         try:
-            body = self._client.get_object(Bucket=self._bucket, Key=key)["Body"].read()
+            response = self._client.get_object(Bucket=self._bucket, Key=key)
+            etag = response["ETag"]
+            if response["ContentLength"] > _MAX_STATE_BYTES:
+                response["Body"].close()
+                body = None
+            else:
+                body = response["Body"].read()
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                return MailboxState()
+            if _is(exc, _GONE):
+                return Snapshot(MailboxState(), None)
             raise StoreError(f"cannot read run state s3://{self._bucket}/{key}: {exc}") from exc
         except BotoCoreError as exc:
             raise StoreError(f"cannot read run state s3://{self._bucket}/{key}: {exc}") from exc
         try:
-            return MailboxState.from_json(json.loads(body))
-        except (ValueError, TypeError, AttributeError):
-            # A damaged state file must not stop the mailbox; it costs at most
-            # re-announcing kept messages once.
-            return MailboxState()
+            return Snapshot(_parse(body), etag)
+        except StateDamaged as exc:
+            return self._set_aside(mailbox, etag, exc)
 
-    def save(self, mailbox: str, state: MailboxState) -> None:
-        self._put(self.state_key(mailbox), state.to_json())
+    def load(self, mailbox: str) -> MailboxState:
+        """A working copy of the stored state, for callers that only read."""
+        return self.read(mailbox).state.copy()
+
+    def _set_aside(self, mailbox: str, etag: str, damage: StateDamaged) -> Snapshot:
+        key = self.state_key(mailbox)
+        aside = self.damaged_key(mailbox, datetime.now(UTC))
+        try:
+            self._require_time(f"set aside s3://{self._bucket}/{key}")
+            # Exactly the version that was read, even if it changed since.
+            self._client.copy_object(
+                Bucket=self._bucket,
+                Key=aside,
+                CopySource={"Bucket": self._bucket, "Key": key},
+                CopySourceIfMatch=etag,
+            )
+        except (ClientError, BotoCoreError, StoreError) as exc:
+            # The bucket is versioned: the damaged version stays recoverable there.
+            logger.error(
+                "damaged run state could not be copied aside",
+                extra={"key": key, "error": str(exc)},
+            )
+            aside = ""
+        logger.error(
+            "run state damaged; set aside, this run starts from an empty state",
+            extra={"key": key, "set_aside_as": aside, "error": str(damage)},
+        )
+        if self._on_damaged is not None:
+            self._on_damaged(str(damage))
+        return Snapshot(MailboxState(), etag, damaged=str(damage))
+
+    # -- writing -------------------------------------------------------------------
+
+    def take_lease(
+        self, mailbox: str, owner: str, until: float, now: float, current: Snapshot
+    ) -> Snapshot | None:
+        """Claim the mailbox until ``until``, or None when another live run holds it.
+
+        ``current`` is the snapshot the caller decided on; if the document
+        changed since, it is read again and the lease checked again.
+        """
+        for _ in range(_WRITE_ATTEMPTS):
+            holder = current.state.lease_holder(now)
+            if holder is not None and holder != owner:
+                return None
+            leased = current.state.copy()
+            leased.lease_owner = owner
+            leased.lease_until = until
+            try:
+                return self._put_state(mailbox, leased, current.etag)
+            except _Conflict:
+                current = self.read(mailbox)
+        return None
+
+    def write(self, mailbox: str, state: MailboxState, base: Snapshot) -> Snapshot:
+        """Save ``state``, a changed copy of ``base.state``, without losing others' writes.
+
+        Returns what is stored now (the merge, when another writer came first).
+        """
+        mine = state
+        for _ in range(_WRITE_ATTEMPTS):
+            try:
+                return self._put_state(mailbox, mine, base.etag)
+            except _Conflict:
+                theirs = self.read(mailbox)
+                mine = MailboxState.merge(base.state, mine, theirs.state)
+                base = theirs
+        raise StoreError(
+            f"run state of {mailbox} changed under every one of {_WRITE_ATTEMPTS} writes"
+        )
 
     def put_quarantine_record(self, mailbox: str, digest: str, record: dict[str, Any]) -> None:
-        self._put(self.quarantine_key(mailbox, digest), record)
-
-    def _put(self, key: str, document: dict[str, Any]) -> None:
+        key = self.quarantine_key(mailbox, digest)
+        self._require_time(f"write s3://{self._bucket}/{key}")
+        body = json.dumps(record, separators=(",", ":")).encode()
         try:
-            # Overwritten every run; give this store a client without the
-            # mail store's conditional-write hook.
             self._client.put_object(
-                Bucket=self._bucket,
-                Key=key,
-                Body=json.dumps(document, separators=(",", ":")).encode(),
-                ContentType="application/json",
+                Bucket=self._bucket, Key=key, Body=body, ContentType="application/json"
             )
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"cannot write s3://{self._bucket}/{key}: {exc}") from exc
+
+    def _put_state(self, mailbox: str, state: MailboxState, etag: str | None) -> Snapshot:
+        key = self.state_key(mailbox)
+        self._require_time(f"write s3://{self._bucket}/{key}")
+        body = state.to_bytes()
+        try:
+            if etag is None:
+                response = self._client.put_object(
+                    Bucket=self._bucket,
+                    Key=key,
+                    Body=body,
+                    ContentType="application/json",
+                    IfNoneMatch="*",
+                )
+            else:
+                response = self._client.put_object(
+                    Bucket=self._bucket,
+                    Key=key,
+                    Body=body,
+                    ContentType="application/json",
+                    IfMatch=etag,
+                )
+        except ClientError as exc:
+            if _is(exc, _CONFLICT) or (etag is not None and _is(exc, _GONE)):
+                raise _Conflict from exc
+            raise StoreError(f"cannot write run state s3://{self._bucket}/{key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot write run state s3://{self._bucket}/{key}: {exc}") from exc
+        return Snapshot(state.copy(), response["ETag"])
+
+    def _require_time(self, what: str) -> None:
+        if self._time_left is None:
+            return
+        left, needed = self._time_left(), self._limits.worst_case_seconds()
+        if left < needed:
+            raise StoreError(
+                f"not enough time left to {what}: {left:.1f} s, a call may take {needed:.1f} s"
+            )
+
+
+def _parse(body: bytes | None) -> MailboxState:
+    if body is None:
+        raise StateDamaged(f"run state is larger than {_MAX_STATE_BYTES} bytes")
+    return MailboxState.from_bytes(body)
+
+
+def _is(exc: ClientError, kind: tuple[frozenset[str], frozenset[int]]) -> bool:
+    codes, statuses = kind
+    code = exc.response.get("Error", {}).get("Code", "")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in codes or code in {str(s) for s in statuses} or status in statuses

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import base64
+import re
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from concurrent.futures import CancelledError
+from typing import IO, TYPE_CHECKING, Any
 
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.exceptions import BotoCoreError, ClientError
+from s3transfer.subscribers import BaseSubscriber
 
 from pop3_ingest.errors import StoreError
-from pop3_ingest.message import Readable, StoredObject
+from pop3_ingest.message import StoredObject
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -18,6 +22,9 @@ if TYPE_CHECKING:
 
 MIB = 1024 * 1024
 STREAM_THRESHOLD = 8 * MIB
+# How often a waiting upload checks whether the run was cut off.
+_CANCEL_POLL_SECONDS = 0.2
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def transfer_config() -> TransferConfig:
@@ -76,15 +83,39 @@ class S3MessageStore:
             raise StoreError(f"S3 put of s3://{self.bucket}/{key} failed: {exc}") from exc
         return True
 
-    def put_stream(self, key: str, body: Readable, metadata: dict[str, str]) -> bool:
-        """Managed (multipart) upload of a stream; False when the key already exists."""
+    def put_file(
+        self,
+        key: str,
+        body: IO[bytes],
+        sha256_hex: str,
+        metadata: dict[str, str],
+        cancelled: Callable[[], bool],
+    ) -> bool:
+        """Managed (multipart) upload of a big message whose digest is known.
+
+        The digest goes into the object's metadata like put_bytes', so every
+        object, multipart included, can prove what it holds. Gives up as soon
+        as ``cancelled()`` is true: the transfer is cancelled, and s3transfer
+        aborts its multipart upload. False when the key already exists.
+        """
         try:
+            finished = _DoneSignal()
             future = self._transfer_manager().upload(
-                body,  # type: ignore[arg-type]  # any object with read() will do
+                body,
                 self.bucket,
                 key,
-                extra_args={"ContentType": "message/rfc822", "Metadata": metadata},
+                extra_args={
+                    "ContentType": "message/rfc822",
+                    "Metadata": {**metadata, "sha256": sha256_hex},
+                },
+                subscribers=[finished],
             )
+            while not finished.event.wait(_CANCEL_POLL_SECONDS):
+                if cancelled():
+                    future.cancel()
+                    raise StoreError(
+                        f"S3 upload of s3://{self.bucket}/{key} abandoned at the deadline"
+                    )
             future.result()
         except ClientError as exc:
             if _is_precondition_failed(exc):
@@ -92,6 +123,8 @@ class S3MessageStore:
             raise StoreError(f"S3 upload of s3://{self.bucket}/{key} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise StoreError(f"S3 upload of s3://{self.bucket}/{key} failed: {exc}") from exc
+        except CancelledError as exc:
+            raise StoreError(f"S3 upload of s3://{self.bucket}/{key} cancelled") from exc
         return True
 
     def stored_object(self, key: str) -> StoredObject | None:
@@ -103,9 +136,10 @@ class S3MessageStore:
             raise StoreError(f"S3 head of s3://{self.bucket}/{key} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise StoreError(f"S3 head of s3://{self.bucket}/{key} failed: {exc}") from exc
-        return StoredObject(
-            size=int(head["ContentLength"]), sha256=head.get("Metadata", {}).get("sha256")
-        )
+        recorded = head.get("Metadata", {}).get("sha256")
+        # Only a well-formed digest is evidence; anything else proves nothing.
+        sha256 = recorded if recorded and _SHA256_HEX.fullmatch(recorded) else None
+        return StoredObject(size=int(head["ContentLength"]), sha256=sha256)
 
     def _transfer_manager(self) -> TransferManager:
         # One manager (and its thread pool) for the life of the process.
@@ -113,6 +147,17 @@ class S3MessageStore:
             if self._manager is None:
                 self._manager = create_transfer_manager(self._client, self._config)
             return self._manager
+
+
+class _DoneSignal(BaseSubscriber):
+    """Lets the caller wait for a transfer with a timeout (its future has none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = threading.Event()
+
+    def on_done(self, future: Any, **kwargs: Any) -> None:
+        self.event.set()
 
 
 def _is_precondition_failed(exc: ClientError) -> bool:

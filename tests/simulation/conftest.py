@@ -1,0 +1,25 @@
+"""Hypothesis profiles of the simulation, chosen by HYPOTHESIS_PROFILE.
+
+``sim-fast`` (the default, run by ``make test``) is small and derandomized, so
+CI sees the same examples every time; ``simulate`` (``make simulate``) is the
+long search. Both are database-less with no per-example deadline: an example
+runs many whole ingest runs, and its time depends on the latency it drew.
+
+test_simulation.py applies the chosen profile to its own test only (nothing
+is loaded globally), so the rest of the suite keeps its hypothesis settings.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, settings
+
+_COMMON = {
+    "deadline": None,
+    "database": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
+
+settings.register_profile(
+    "sim-fast", max_examples=40, stateful_step_count=30, derandomize=True, **_COMMON
+)
+settings.register_profile("simulate", max_examples=10_000, stateful_step_count=50, **_COMMON)

@@ -1,0 +1,611 @@
+"""The run state: validated field by field, forgotten only on proof, merged not overwritten."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields, replace
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pop3_ingest.adapters.s3_state import CallLimits, S3StateStore, Snapshot
+from pop3_ingest.errors import StateDamaged, StoreError
+from pop3_ingest.state import (
+    DELETED_MEMORY_SECONDS,
+    MAX_ERROR_CHARS,
+    MAX_LEASE_SECONDS,
+    STATE_VERSION,
+    Deleted,
+    Failure,
+    MailboxState,
+    Seen,
+)
+
+D1, D2, D3 = "1" * 40, "2" * 40, "3" * 40
+SHA = "a" * 64
+NOW = 1_800_000_000.0
+
+
+# -- strategies ------------------------------------------------------------------
+
+digests = st.sampled_from([f"{i:x}" * 40 for i in range(6)])  # few keys: overlaps are likely
+shas = st.sampled_from([f"{i:x}" * 64 for i in range(10, 14)])
+times = st.floats(min_value=0, max_value=2e9, allow_nan=False)
+counts = st.integers(min_value=0, max_value=1000)
+failure = st.builds(Failure, counts, st.text(max_size=20), times, times)
+states = st.builds(
+    MailboxState,
+    seen=st.dictionaries(digests, st.builds(Seen, counts, shas), max_size=4),
+    deleted=st.dictionaries(digests, st.builds(Deleted, times, counts, shas), max_size=4),
+    seen_content=st.dictionaries(shas, times, max_size=3),
+    failures=st.dictionaries(digests, failure, max_size=3),
+    quarantined=st.dictionaries(digests, failure, max_size=3),
+    auth_failures=st.integers(0, 3),
+    auth_fingerprint=st.none() | st.sampled_from(["0123456789abcdef", "fedcba9876543210"]),
+    busy_streak=st.integers(0, 3),
+    backoff_until=st.sampled_from([0.0, NOW]),
+    last_attempt=st.sampled_from([0.0, NOW]),
+    last_completed=st.sampled_from([0.0, NOW]),
+    lease_owner=st.none() | st.sampled_from(["run-a", "run-b"]),
+    lease_until=st.sampled_from([0.0, NOW + 60]),
+)
+TABLES = ("seen", "deleted", "seen_content", "failures", "quarantined")
+SCALARS = tuple(f.name for f in fields(MailboxState) if f.name not in TABLES)
+
+
+def full_state() -> MailboxState:
+    """Every field away from its default, so a field the codec forgets shows up."""
+    return MailboxState(
+        seen={D1: Seen(100, SHA)},
+        deleted={D2: Deleted(NOW, 200, "b" * 64)},
+        seen_content={"c" * 64: NOW},
+        failures={D3: Failure(1, "boom", NOW, NOW)},
+        quarantined={D1: Failure(3, "bad", NOW - 10, NOW)},
+        auth_failures=2,
+        auth_fingerprint="0123456789abcdef",
+        busy_streak=1,
+        backoff_until=NOW + 30,
+        last_attempt=NOW,
+        last_completed=NOW - 5,
+        lease_owner="8a5c3f1e-0000-4000-8000-000000000001",
+        lease_until=NOW + 300,
+    )
+
+
+def document(**changes: Any) -> dict[str, Any]:
+    data = full_state().to_json()
+    data.update(changes)
+    return data
+
+
+# -- round trip ------------------------------------------------------------------
+
+
+def test_every_field_round_trips() -> None:
+    state = full_state()
+    for f in fields(MailboxState):
+        assert getattr(state, f.name) != getattr(MailboxState(), f.name), f.name
+    assert MailboxState.from_bytes(state.to_bytes()) == state
+    assert state.to_json()["version"] == STATE_VERSION
+
+
+@given(states)
+def test_any_state_round_trips(state: MailboxState) -> None:
+    assert MailboxState.from_bytes(state.to_bytes()) == state
+
+
+# -- validation ------------------------------------------------------------------
+
+
+def entry(table: str, key: str, value: Any) -> dict[str, Any]:
+    return {table: {key: value}}
+
+
+BAD_DOCUMENTS: list[tuple[str, Any, str]] = [
+    ("not an object", [], "not a JSON object"),
+    ("no version", {k: v for k, v in document().items() if k != "version"}, "version None"),
+    ("version 1", document(version=1), "version 1"),
+    ("future version", document(version=4), "version 4"),
+    ("version as text", document(version="3"), "version '3'"),
+    ("unknown field", document(surprise=1), "unknown fields: surprise"),
+    ("seen not a table", document(seen=[]), "seen: not an object"),
+    ("short digest key", document(**entry("seen", "abc", {"size": 1, "sha256": SHA})), "key of 3"),
+    ("uppercase key", document(**entry("seen", "A" * 40, {"size": 1, "sha256": SHA})), "key of 40"),
+    ("v2 seen string", document(**entry("seen", D1, "100:abcd")), f"seen[{D1}]: not an object"),
+    ("empty sha256", document(**entry("seen", D1, {"size": 1, "sha256": ""})), ".sha256: not 64"),
+    ("short sha256", document(**entry("seen", D1, {"size": 1, "sha256": "ab" * 16})), "not 64"),
+    ("upper sha256", document(**entry("seen", D1, {"size": 1, "sha256": "A" * 64})), "not 64"),
+    ("negative size", document(**entry("seen", D1, {"size": -1, "sha256": SHA})), ".size: not a"),
+    ("bool size", document(**entry("seen", D1, {"size": True, "sha256": SHA})), ".size: not a"),
+    ("float size", document(**entry("seen", D1, {"size": 1.5, "sha256": SHA})), ".size: not a"),
+    ("huge size", document(**entry("seen", D1, {"size": 2**60, "sha256": SHA})), ".size: not a"),
+    ("seen extra", document(**entry("seen", D1, {"size": 1, "sha256": SHA, "x": 1})), "exactly"),
+    ("deleted bare time", document(**entry("deleted", D1, NOW)), "not an object"),
+    (
+        "deleted without digest",
+        document(**entry("deleted", D1, {"at": NOW, "size": 1})),
+        "exactly at, size, sha256",
+    ),
+    (
+        "deleted negative time",
+        document(**entry("deleted", D1, {"at": -1.0, "size": 1, "sha256": SHA})),
+        ".at: not a finite time",
+    ),
+    (
+        "deleted time as text",
+        document(**entry("deleted", D1, {"at": "now", "size": 1, "sha256": SHA})),
+        ".at: not a finite time",
+    ),
+    ("content key not sha256", document(seen_content={D1: NOW}), "seen_content: a key of 40"),
+    ("content time text", document(seen_content={SHA: "x"}), "not a finite time"),
+    ("quarantined as list", document(quarantined=[D1]), "quarantined: not an object"),
+    ("quarantined entry list", document(**entry("quarantined", D1, [3, "x"])), "not an object"),
+    (
+        "failure negative count",
+        document(**entry("failures", D1, {"count": -1, "error": "", "first_at": 0, "last_at": 0})),
+        ".count: not a whole number",
+    ),
+    (
+        "failure long error",
+        document(
+            **entry(
+                "failures",
+                D1,
+                {"count": 1, "error": "x" * (MAX_ERROR_CHARS + 1), "first_at": 0, "last_at": 0},
+            )
+        ),
+        ".error: not a text",
+    ),
+    (
+        "failure error not text",
+        document(**entry("failures", D1, {"count": 1, "error": 5, "first_at": 0, "last_at": 0})),
+        ".error: not a text",
+    ),
+    ("auth failures negative", document(auth_failures=-1), "auth_failures: not a whole"),
+    ("auth failures bool", document(auth_failures=False), "auth_failures: not a whole"),
+    ("fingerprint not hex", document(auth_fingerprint="zz"), "auth_fingerprint: not null"),
+    ("fingerprint empty", document(auth_fingerprint=""), "auth_fingerprint: not null"),
+    ("busy streak float", document(busy_streak=1.0), "busy_streak: not a whole"),
+    ("backoff far future", document(backoff_until=1e300), "backoff_until: not a finite"),
+    ("last attempt null", document(last_attempt=None), "last_attempt: not a finite"),
+    ("lease owner empty", document(lease_owner=""), "lease_owner: not null"),
+    ("lease owner spaces", document(lease_owner="a b"), "lease_owner: not null"),
+    ("lease owner long", document(lease_owner="a" * 129), "lease_owner: not null"),
+    ("lease owner number", document(lease_owner=7), "lease_owner: not null"),
+    ("lease until text", document(lease_until="soon"), "lease_until: not a finite"),
+]
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"), [(d, f) for _, d, f in BAD_DOCUMENTS], ids=[n for n, _, _ in BAD_DOCUMENTS]
+)
+def test_damaged_document_is_refused_with_a_clear_message(data: Any, fragment: str) -> None:
+    with pytest.raises(StateDamaged) as caught:
+        MailboxState.from_bytes(json.dumps(data).encode())
+    assert fragment in str(caught.value)
+    assert str(caught.value).startswith("run state")
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"{not json", "not JSON (JSONDecodeError)"),
+        (b"\xff\xfe\x00garbage", "not JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "not JSON (RecursionError)"),
+        (b"", "not JSON"),
+        (b"null", "not a JSON object"),
+    ],
+    ids=["truncated", "not utf-8", "nested too deep", "empty", "null"],
+)
+def test_unreadable_bytes_are_refused(body: bytes, fragment: str) -> None:
+    with pytest.raises(StateDamaged, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        MailboxState.from_bytes(body)
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_times_are_refused(value: str) -> None:
+    body = json.dumps(document()).replace(f'"last_attempt": {NOW}', f'"last_attempt": {value}')
+    assert value in body
+    with pytest.raises(StateDamaged, match="last_attempt: not a finite time"):
+        MailboxState.from_bytes(body.encode())
+
+
+def test_missing_fields_take_their_defaults() -> None:
+    assert MailboxState.from_json({"version": STATE_VERSION}) == MailboxState()
+
+
+def test_version_2_keeps_failures_and_login_bookkeeping_but_no_proofless_memory() -> None:
+    v2 = {
+        "version": 2,
+        "seen": {D1: "100:" + "a" * 32},
+        "deleted": {D2: NOW},
+        "failures": {D3: {"count": 1, "error": "boom", "first_at": NOW, "last_at": NOW}},
+        "quarantined": {D1: {"count": 3, "error": "bad", "first_at": NOW, "last_at": NOW}},
+        "auth_failures": 1,
+        "auth_fingerprint": "0123456789abcdef",
+        "busy_streak": 2,
+        "backoff_until": NOW,
+        "last_attempt": NOW,
+        "last_completed": NOW,
+    }
+    state = MailboxState.from_json(v2)
+    assert state.seen == {}
+    assert state.deleted == {}
+    assert state.failures == {D3: Failure(1, "boom", NOW, NOW)}
+    assert set(state.quarantined) == {D1}
+    assert (state.auth_failures, state.busy_streak, state.last_completed) == (1, 2, NOW)
+    assert state.lease_owner is None
+    with pytest.raises(StateDamaged, match="quarantined"):
+        MailboxState.from_json(v2 | {"quarantined": {D1: "x"}})
+
+
+# -- forgetting --------------------------------------------------------------------
+
+
+def test_a_capped_listing_forgets_nothing_that_is_merely_unlisted() -> None:
+    state = full_state()
+    before = state.copy()
+    state.forget_absent(set(), NOW, complete=False)
+    assert state == before
+
+
+def test_a_complete_listing_forgets_what_is_gone() -> None:
+    state = full_state()
+    state.forget_absent({D3}, NOW, complete=True)
+    assert state.seen == {}
+    assert state.quarantined == {}
+    assert set(state.failures) == {D3}
+    # Deletions and content memories are about messages no longer listed anyway.
+    assert state.deleted == full_state().deleted
+    assert state.seen_content == full_state().seen_content
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_old_deletions_and_content_memories_expire_by_time(complete: bool) -> None:
+    state = MailboxState(
+        deleted={D1: Deleted(NOW - DELETED_MEMORY_SECONDS - 1, 1, SHA), D2: Deleted(NOW, 1, SHA)},
+        seen_content={"b" * 64: NOW - DELETED_MEMORY_SECONDS - 1, "c" * 64: NOW},
+    )
+    state.forget_absent(set(), NOW, complete=complete)
+    assert set(state.deleted) == {D2}
+    assert set(state.seen_content) == {"c" * 64}
+
+
+def test_time_keyed_memories_are_bounded_keeping_the_newest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pop3_ingest.state as state_module
+
+    monkeypatch.setattr(state_module, "_MAX_DELETED", 2)
+    state = MailboxState(
+        deleted={D1: Deleted(NOW - 2, 1, SHA), D2: Deleted(NOW, 1, SHA), D3: Deleted(NOW - 1, 1, SHA)},
+        seen_content={f"{i}" * 64: NOW - i for i in range(1, 4)},
+    )
+    state.forget_absent(set(), NOW, complete=False)
+    assert set(state.deleted) == {D2, D3}
+    assert set(state.seen_content) == {"1" * 64, "2" * 64}
+
+
+# -- lease ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("owner", "until", "holder"),
+    [
+        (None, NOW + 60, None),
+        ("run-a", NOW + 60, "run-a"),
+        ("run-a", NOW, None),  # expired
+        ("run-a", NOW + MAX_LEASE_SECONDS + 1, None),  # no run lasts that long
+    ],
+    ids=["free", "held", "expired", "implausible"],
+)
+def test_lease_holder(owner: str | None, until: float, holder: str | None) -> None:
+    assert MailboxState(lease_owner=owner, lease_until=until).lease_holder(NOW) == holder
+
+
+# -- merge -------------------------------------------------------------------------
+
+
+@given(states, states)
+def test_merge_without_changes_of_mine_is_theirs(base: MailboxState, theirs: MailboxState) -> None:
+    assert MailboxState.merge(base, base.copy(), theirs) == theirs
+
+
+@given(states, states)
+def test_merge_without_changes_of_theirs_is_mine(base: MailboxState, mine: MailboxState) -> None:
+    assert MailboxState.merge(base, mine, base.copy()) == mine
+
+
+@settings(max_examples=300)
+@given(states, states, states)
+def test_merge_keeps_my_changes_and_their_independent_ones(
+    base: MailboxState, mine: MailboxState, theirs: MailboxState
+) -> None:
+    inputs = (base.copy(), mine.copy(), theirs.copy())
+    merged = MailboxState.merge(base, mine, theirs)
+    assert (base, mine, theirs) == inputs  # the inputs are left alone
+    missing = object()
+    for name in TABLES:
+        b, m, t, r = (getattr(s, name) for s in (base, mine, theirs, merged))
+        for key in b.keys() | m.keys() | t.keys():
+            mine_changed = b.get(key, missing) != m.get(key, missing)
+            expected = (m if mine_changed else t).get(key, missing)
+            assert r.get(key, missing) == expected, (name, key)
+    lease_taken = (theirs.lease_owner, theirs.lease_until) != (base.lease_owner, base.lease_until)
+    for name in SCALARS:
+        mine_changed = getattr(mine, name) != getattr(base, name)
+        if name.startswith("lease_") and lease_taken:
+            mine_changed = False  # another run took the lease: it stays theirs
+        assert getattr(merged, name) == getattr(mine if mine_changed else theirs, name), name
+    # The result is its own: changing it changes none of the inputs.
+    for failure_ in merged.failures.values():
+        failure_.count += 1
+    assert (base, mine, theirs) == inputs
+
+
+def test_an_operator_release_during_a_run_is_not_undone() -> None:
+    base = MailboxState(quarantined={D1: Failure(3, "bad", NOW, NOW)}, lease_owner="run-a")
+    base.lease_until = NOW + 300
+    mine = base.copy()  # the run stores a message and gives the lease back
+    mine.seen[D2] = Seen(10, SHA)
+    mine.lease_owner, mine.lease_until = None, 0.0
+    theirs = base.copy()
+    theirs.release(D1)
+    merged = MailboxState.merge(base, mine, theirs)
+    assert merged.quarantined == {}
+    assert merged.seen == {D2: Seen(10, SHA)}
+    assert merged.lease_owner is None
+
+
+def test_two_runs_deletions_both_survive() -> None:
+    base = MailboxState(seen={D1: Seen(1, SHA), D2: Seen(2, SHA)})
+    mine, theirs = base.copy(), base.copy()
+    mine.seen.pop(D1)
+    mine.deleted[D1] = Deleted(NOW, 1, SHA)
+    theirs.seen.pop(D2)
+    theirs.deleted[D2] = Deleted(NOW, 2, SHA)
+    merged = MailboxState.merge(base, mine, theirs)
+    assert merged.seen == {}
+    assert set(merged.deleted) == {D1, D2}
+
+
+def test_giving_the_lease_back_never_releases_someone_elses() -> None:
+    base = MailboxState(lease_owner="run-a", lease_until=NOW + 300)
+    mine = replace(base, lease_owner=None, lease_until=0.0)
+    theirs = replace(base, lease_owner="run-b", lease_until=NOW + 900)
+    merged = MailboxState.merge(base, mine, theirs)
+    assert (merged.lease_owner, merged.lease_until) == ("run-b", NOW + 900)
+
+
+# -- the S3 store, against an in-memory S3 that honours conditions ---------------------
+
+
+class FakeS3:
+    """get/put/copy_object with S3's conditional-write answers; scripted interference."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, str]] = {}
+        self.calls: list[str] = []
+        self.before_put: list[Any] = []  # callables run (and dropped) before a put
+        self.put_errors: list[str] = []  # error codes answered (and dropped) by next puts
+        self._version = 0
+
+    def _store(self, key: str, body: bytes) -> str:
+        self._version += 1
+        etag = f'"{self._version}"'
+        self.objects[key] = (body, etag)
+        return etag
+
+    @staticmethod
+    def _error(code: str, status: int, operation: str) -> ClientError:
+        return ClientError(
+            {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, operation
+        )
+
+    def get_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:
+        self.calls.append("get")
+        if Key not in self.objects:
+            raise self._error("NoSuchKey", 404, "GetObject")
+        body, etag = self.objects[Key]
+
+        class Body:
+            def read(self) -> bytes:
+                return body
+
+            def close(self) -> None:
+                pass
+
+        return {"ETag": etag, "ContentLength": len(body), "Body": Body()}
+
+    def put_object(self, *, Bucket: str, Key: str, Body: bytes, **kw: Any) -> dict[str, Any]:
+        self.calls.append("put")
+        if self.before_put:
+            self.before_put.pop(0)()
+        if self.put_errors:
+            code = self.put_errors.pop(0)
+            raise self._error(code, 409 if code.startswith("Conditional") else 500, "PutObject")
+        current = self.objects.get(Key)
+        if kw.get("IfNoneMatch") == "*" and current is not None:
+            raise self._error("PreconditionFailed", 412, "PutObject")
+        if "IfMatch" in kw:
+            if current is None:
+                raise self._error("NoSuchKey", 404, "PutObject")
+            if current[1] != kw["IfMatch"]:
+                raise self._error("PreconditionFailed", 412, "PutObject")
+        return {"ETag": self._store(Key, Body)}
+
+    def copy_object(self, *, Bucket: str, Key: str, CopySource: Any, **kw: Any) -> None:
+        self.calls.append("copy")
+        body, etag = self.objects[CopySource["Key"]]
+        assert kw["CopySourceIfMatch"] == etag
+        self._store(Key, body)
+
+    def write_state(self, key: str, state: MailboxState) -> None:
+        self._store(key, state.to_bytes())
+
+
+MAILBOX = "support"
+KEY = "mail/_state/support.json"
+
+
+def store_on(s3: FakeS3, **kw: Any) -> S3StateStore:
+    return S3StateStore(s3, "bucket", "mail/", **kw)  # type: ignore[arg-type]
+
+
+def test_first_write_creates_and_later_writes_are_conditional() -> None:
+    s3 = FakeS3()
+    store = store_on(s3)
+    empty = store.read(MAILBOX)
+    assert empty.etag is None
+    written = store.write(MAILBOX, full_state(), empty)
+    assert written.etag == s3.objects[KEY][1]
+    assert store.read(MAILBOX).state == full_state()
+
+
+def test_a_writer_that_lost_the_race_merges_instead_of_overwriting() -> None:
+    s3 = FakeS3()
+    store = store_on(s3)
+    base_state = MailboxState(quarantined={D1: Failure(3, "bad", NOW, NOW)})
+    store.write(MAILBOX, base_state, store.read(MAILBOX))
+    base = store.read(MAILBOX)
+    mine = base.state.copy()
+    mine.deleted[D2] = Deleted(NOW, 5, SHA)
+
+    def operator_releases() -> None:
+        theirs = base.state.copy()
+        theirs.release(D1)
+        s3.write_state(KEY, theirs)
+
+    s3.before_put.append(operator_releases)
+    result = store.write(MAILBOX, mine, base)
+    stored = store.read(MAILBOX).state
+    assert stored == result.state
+    assert stored.quarantined == {}  # their release stands
+    assert set(stored.deleted) == {D2}  # and so does my deletion
+    assert s3.calls.count("put") == 3  # base, lost race, merged
+
+
+def test_409_conflicts_are_retried_and_a_key_deleted_meanwhile_is_recreated() -> None:
+    s3 = FakeS3()
+    store = store_on(s3)
+    base = store.write(MAILBOX, MailboxState(), store.read(MAILBOX))
+    s3.put_errors.append("ConditionalRequestConflict")
+    s3.before_put += [lambda: None, lambda: s3.objects.pop(KEY)]
+    store.write(MAILBOX, full_state(), base)
+    assert store.read(MAILBOX).state == full_state()
+
+
+def test_a_state_that_keeps_changing_is_given_up_on_not_overwritten() -> None:
+    s3 = FakeS3()
+    store = store_on(s3)
+    base = store.write(MAILBOX, MailboxState(), store.read(MAILBOX))
+    s3.before_put += [lambda: s3.write_state(KEY, MailboxState(busy_streak=7))] * 10
+    with pytest.raises(StoreError, match="changed under every one"):
+        store.write(MAILBOX, full_state(), base)
+    assert store.read(MAILBOX).state.busy_streak == 7
+
+
+def test_other_write_errors_are_store_errors() -> None:
+    s3 = FakeS3()
+    s3.put_errors.append("InternalError")
+    store = store_on(s3)
+    with pytest.raises(StoreError, match="cannot write run state"):
+        store.write(MAILBOX, MailboxState(), store.read(MAILBOX))
+
+
+def test_a_damaged_state_is_set_aside_counted_and_read_as_empty() -> None:
+    s3 = FakeS3()
+    s3.objects[KEY] = (b'{"version": 3, "seen": {"x": 1}}', '"7"')
+    damaged: list[str] = []
+    store = store_on(s3, on_damaged=damaged.append)
+    snapshot = store.read(MAILBOX)
+    assert snapshot.state == MailboxState()
+    assert snapshot.etag == '"7"'  # the next write replaces exactly that version
+    assert snapshot.damaged and "seen" in snapshot.damaged
+    assert damaged == [snapshot.damaged]
+    (aside,) = [k for k in s3.objects if k != KEY]
+    assert aside.startswith("mail/_state/damaged/support.") and aside.endswith(".json")
+    assert s3.objects[aside][0] == s3.objects[KEY][0]
+
+
+def test_an_oversized_state_is_not_read_into_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pop3_ingest.adapters.s3_state as module
+
+    monkeypatch.setattr(module, "_MAX_STATE_BYTES", 10)
+    s3 = FakeS3()
+    s3.write_state(KEY, full_state())
+    snapshot = store_on(s3).read(MAILBOX)
+    assert snapshot.damaged and "larger than 10 bytes" in snapshot.damaged
+
+
+def test_a_lease_held_by_another_live_run_is_not_taken() -> None:
+    s3 = FakeS3()
+    s3.write_state(KEY, MailboxState(lease_owner="run-b", lease_until=NOW + 60))
+    store = store_on(s3)
+    current = store.read(MAILBOX)
+    assert store.take_lease(MAILBOX, "run-a", NOW + 300, NOW, current) is None
+    assert "put" not in s3.calls
+
+
+def test_a_lease_is_taken_conditionally_and_lost_to_a_faster_run() -> None:
+    s3 = FakeS3()
+    store = store_on(s3)
+    current = store.read(MAILBOX)
+    s3.before_put.append(
+        lambda: s3.write_state(KEY, MailboxState(lease_owner="run-b", lease_until=NOW + 60))
+    )
+    assert store.take_lease(MAILBOX, "run-a", NOW + 300, NOW, current) is None
+    assert store.read(MAILBOX).state.lease_owner == "run-b"
+
+
+def test_an_expired_lease_is_taken_over() -> None:
+    s3 = FakeS3()
+    s3.write_state(KEY, MailboxState(lease_owner="run-b", lease_until=NOW - 1, busy_streak=2))
+    store = store_on(s3)
+    lease = store.take_lease(MAILBOX, "run-a", NOW + 300, NOW, store.read(MAILBOX))
+    assert lease is not None
+    stored = store.read(MAILBOX).state
+    assert (stored.lease_owner, stored.lease_until, stored.busy_streak) == ("run-a", NOW + 300, 2)
+    assert lease.state == stored
+
+
+@pytest.mark.parametrize("operation", ["read", "write", "lease", "quarantine"])
+def test_no_call_is_started_that_could_outlast_the_deadline(operation: str) -> None:
+    s3 = FakeS3()
+    limits = CallLimits(connect_timeout=1, read_timeout=2, attempts=2)
+    left = [100.0]
+    store = store_on(s3, time_left=lambda: left[0], limits=limits)
+    current = store.read(MAILBOX)
+    s3.calls.clear()
+    left[0] = limits.worst_case_seconds() - 0.1
+    with pytest.raises(StoreError, match="not enough time left"):
+        if operation == "read":
+            store.read(MAILBOX)
+        elif operation == "write":
+            store.write(MAILBOX, MailboxState(), current)
+        elif operation == "lease":
+            store.take_lease(MAILBOX, "run-a", NOW + 300, NOW, current)
+        else:
+            store.put_quarantine_record(MAILBOX, D1, {"size": 1})
+    assert s3.calls == []
+
+
+def test_the_worst_case_covers_every_attempt_and_its_backoff() -> None:
+    limits = CallLimits(connect_timeout=1, read_timeout=2, attempts=3)
+    assert limits.worst_case_seconds() >= 3 * (1 + 2)
+    config = limits.config()
+    assert (config.connect_timeout, config.read_timeout) == (1, 2)
+    assert config.retries == {"mode": "standard", "total_max_attempts": 3}
+
+
+def test_snapshot_state_is_a_base_the_caller_does_not_share() -> None:
+    s3 = FakeS3()
+    store = store_on(s3)
+    written = store.write(MAILBOX, full_state(), Snapshot(MailboxState(), None))
+    mine = full_state()
+    written2 = store.write(MAILBOX, mine, written)
+    mine.seen.clear()
+    assert written2.state.seen == full_state().seen

@@ -61,13 +61,13 @@ deps-system:
 	@export PATH="$$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 	have_all() {
 	  command -v dovecot >/dev/null && command -v doveadm >/dev/null &&
-	  command -v openssl >/dev/null &&
+	  command -v openssl >/dev/null && command -v popa3d >/dev/null &&
 	  { [ -x /usr/lib/dovecot/pop3 ] || [ -x /usr/libexec/dovecot/pop3 ]; }
 	}
-	if have_all; then echo "deps-system: dovecot (with pop3) and openssl present"; exit 0; fi
+	if have_all; then echo "deps-system: dovecot (with pop3), popa3d and openssl present"; exit 0; fi
 	if [ ! -r /etc/debian_version ] || ! command -v apt-get >/dev/null; then
 	  echo "deps-system: the integration tests need Dovecot with its POP3 server, and OpenSSL." >&2
-	  echo "  Debian/Ubuntu: apt-get install $(DOVECOT_PACKAGES)" >&2
+	  echo "  Debian/Ubuntu: apt-get install $(DOVECOT_PACKAGES); bash scripts/install_popa3d.sh" >&2
 	  echo "  Fedora/RHEL:   dnf install dovecot openssl" >&2
 	  echo "  macOS:         brew install dovecot openssl" >&2
 	  echo "No system service is needed: the tests run their own dovecot on high ports." >&2
@@ -76,18 +76,21 @@ deps-system:
 	if [ "$$(id -u)" != 0 ]; then
 	  echo "deps-system: run as root, or install them yourself:" >&2
 	  echo "  sudo apt-get update && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y $(DOVECOT_PACKAGES)" >&2
+	  echo "  sudo bash scripts/install_popa3d.sh   # popa3d unpacked: its package conflicts with dovecot-pop3d" >&2
 	  exit 1
 	fi
 	# Keep the package scripts from starting a system-wide dovecot: the tests
 	# start their own. An existing policy-rc.d is left as it is.
 	bash scripts/apt_install.sh $(DOVECOT_PACKAGES)
+	# popa3d conflicts with dovecot-pop3d as a package: it is unpacked instead.
+	bash scripts/install_popa3d.sh
 	# Should a daemon have started anyway, stop it (failing here just means none runs).
 	doveadm stop >/dev/null 2>&1 || true
 	if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
 	  systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 || true
 	fi
-	have_all || { echo "deps-system: dovecot/openssl still missing after apt-get" >&2; exit 1; }
-	echo "deps-system: installed $(DOVECOT_PACKAGES)"
+	have_all || { echo "deps-system: dovecot/popa3d/openssl still missing after apt-get" >&2; exit 1; }
+	echo "deps-system: installed $(DOVECOT_PACKAGES) popa3d"
 
 lint: venv
 	"$(BIN)/ruff" check $(SOURCES)
@@ -195,3 +198,14 @@ bench: deps-bench
 # The smoke test `make test` also runs: the harness on a tiny corpus, no timings.
 bench-smoke: deps
 	"$(BIN)/python" -m pytest tests/bench
+
+# -- simulation (issue 8): `make test` runs its fast profile with everything else --
+# The long search: at least 10,000 examples of servers, networks and AWS misbehaving,
+# then the coverage (faults fired, stop reasons). SIM_ARGS adds pytest options.
+SIM_ARGS ?=
+
+.PHONY: simulate
+
+simulate: venv
+	HYPOTHESIS_PROFILE=simulate "$(BIN)/python" -m pytest tests/simulation -p no:cacheprovider \
+	  --timeout=0 --hypothesis-show-statistics $(SIM_ARGS)

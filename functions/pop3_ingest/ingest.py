@@ -35,7 +35,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -127,13 +127,13 @@ class MessageStore(Protocol):
     def put_file(
         self,
         key: str,
-        body: IO[bytes],
+        path: str,
         sha256_hex: str,
         metadata: dict[str, str],
         cancelled: Callable[[], bool],
     ) -> bool:
-        """Like put_bytes for a big message in a file; gives up (StoreError, upload
-        aborted) as soon as ``cancelled()`` is true."""
+        """Like put_bytes for a big message spooled to the file at ``path``; gives up
+        (StoreError, upload aborted) as soon as ``cancelled()`` is true."""
         ...
 
     def stored_object(self, key: str) -> StoredObject | None: ...
@@ -280,6 +280,8 @@ def is_sha256(value: object) -> bool:
 _QUEUE_FAILURE_LIMIT = 2
 _BATCH_WAIT_SECONDS = 0.05
 _FAILURES_KEPT = 20
+# At the cut-off, how long abandoned uploads get to abort their multipart uploads.
+_ABORT_GRACE_SECONDS = 3.0
 # A read cut off this close to the cut-off was stopped by the run's clock.
 _CUTOFF_SLACK_SECONDS = 1.0
 
@@ -525,10 +527,6 @@ class _SessionRun:
     def run(self) -> _SessionOutcome:
         try:
             self._plan()
-        except ConnectionLost:
-            self.line_up = False
-            raise
-        try:
             self._pump()
         except ConnectionLost as exc:
             logger.error(
@@ -629,8 +627,13 @@ class _SessionRun:
         self._no_quit("cut off at the deadline")
         self.line_up = False
         self.run_.cancelled.set()
+        running = [upload for upload in self.uploads if not upload.cancel()]
+        if running:
+            # Cancelled uploads abort their multipart uploads in their own
+            # thread: give them a moment, never more than the time left.
+            grace = min(_ABORT_GRACE_SECONDS, self.deadline.remaining_ms() / 1000 / 4)
+            wait(running, timeout=max(0.0, grace))
         for upload, download in list(self.uploads.items()):
-            upload.cancel()
             self.uploads.pop(upload)
             self._release(download)
         self.announces.clear()
@@ -660,9 +663,11 @@ class _SessionRun:
                 complete=len(messages) < opts.capped_listing,
             )
         shared_skip = Counter(run.shared_taken)
+        blocking: list[ServerMessage] = []  # skipped here, yet holding a window's place
         for message in messages:
             if failure_key(message) in state.quarantined:
                 self.summary.in_quarantine += self.first
+                blocking.append(message)
                 continue
             if not message.unique:
                 key = failure_key(message)
@@ -671,6 +676,7 @@ class _SessionRun:
                     continue
                 run.shared_taken[key] += 1
                 if self._too_big(message):
+                    blocking.append(message)
                     continue
                 # No UIDL to remember it by: its digest decides, after download.
                 self.to_fetch.append(message)
@@ -700,7 +706,26 @@ class _SessionRun:
                 continue
             if self._too_big(message):
                 run.handled.add(message.uidl)
+                blocking.append(message)
                 continue
+            self.to_fetch.append(message)
+        if not self.to_fetch and blocking and self.listed >= opts.capped_listing:
+            self._unblock_window(blocking)
+
+    def _unblock_window(self, blocking: list[ServerMessage]) -> None:
+        """A capped listing whose every message is skipped would hide all mail behind it
+        for ever (the provider offers the same window each time). So its messages
+        are taken anyway, once per run: oversized ones up to the spool budget,
+        quarantined ones for one more try. Stored, they leave the window."""
+        taken = [m for m in blocking if m.size <= self.opts.spool_budget]
+        logger.warning(
+            "every message of a capped listing is skipped; taking them anyway so the "
+            "mail behind them is reached",
+            extra={"listed": self.listed, "taken": len(taken)},
+        )
+        for message in taken:
+            if message.unique:
+                self.run_.handled.add(message.uidl)
             self.to_fetch.append(message)
 
     def _too_big(self, message: ServerMessage) -> bool:
@@ -873,7 +898,9 @@ class _SessionRun:
 
     def _spool(self, message: ServerMessage, stream: MessageStream) -> _Download:
         reader = CapturingReader(stream)
-        spool = tempfile.TemporaryFile(prefix="pop3-ingest-")  # noqa: SIM115  # closed by _Download
+        # Named, so the store can read it by path (in parallel, and again for
+        # a second key); removed when closed.
+        spool = tempfile.NamedTemporaryFile(prefix="pop3-ingest-")  # noqa: SIM115  # _Download.close
         try:
             while chunk := reader.read(MIB):
                 spool.write(chunk)
@@ -945,9 +972,8 @@ class _SessionRun:
         if download.data is not None:
             return store.put_bytes(key, download.data, download.sha256, meta)
         assert download.spool is not None  # nosec B101  # one of the two is always set
-        download.spool.seek(0)
         cancelled = self.run_.cancelled.is_set
-        return store.put_file(key, download.spool, download.sha256, meta, cancelled)
+        return store.put_file(key, download.spool.name, download.sha256, meta, cancelled)
 
     # -- completions --------------------------------------------------------------
 
@@ -1024,6 +1050,7 @@ class _SessionRun:
             self.summary.announced += 1
             self.confirmed.add(message.number)
             state.record_success(failure_key(message))
+            state.release(failure_key(message))  # stored after all: no longer quarantined
             if message.unique:
                 state.seen[uidl_digest(message.uidl)] = Seen(
                     size=message.size, sha256=stored.record.sha256

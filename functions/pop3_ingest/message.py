@@ -87,7 +87,8 @@ class CapturingReader:
 
 
 def parse_header_fields(head: bytes) -> dict[str, str | None]:
-    """The pointer's header fields, decoded (RFC 2047) and bounded; None when absent."""
+    """The pointer's header fields, decoded (RFC 2047), bounded and made of characters
+    SQS accepts (:func:`sqs_text`); None when absent."""
     end = head.find(b"\r\n\r\n")
     block = head if end < 0 else head[: end + 4]
     fields: dict[str, str | None] = dict.fromkeys(_POINTER_HEADERS)
@@ -108,8 +109,20 @@ def parse_header_fields(head: bytes) -> dict[str, str | None]:
                 text = str(make_header(decode_header(value)))
         except Exception:  # malformed encoded words are common in spam
             text = str(value).encode("utf-8", "replace").decode("utf-8", "replace")
-        fields[name] = " ".join(text.split())[:_FIELD_LIMIT]
+        fields[name] = sqs_text(" ".join(text.split())[:_FIELD_LIMIT])
     return fields
+
+
+# What SQS accepts in a message body (XML 1.0's Char): tab, LF, CR, and
+# U+0020-U+D7FF, U+E000-U+FFFD, U+10000-U+10FFFF. Decoded headers can hold the
+# rest: control characters, U+FFFE/U+FFFF, lone surrogates (an encoded word in
+# "unknown-8bit"); SQS refuses a body with any of them (InvalidMessageContents).
+_NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def sqs_text(text: str) -> str:
+    """``text`` with every character SQS refuses replaced by U+FFFD."""
+    return _NOT_SQS_TEXT.sub("\ufffd", text)
 
 
 _POINTER_HEADERS = {

@@ -73,7 +73,7 @@ MAX_CAPA_BYTES = 64 * 1024
 MAX_LOGIN_DELAY = 24 * 3600
 _SKIPS_LOGGED = 20
 # What an answer's first line looks like; no message starts so.
-_STATUS_LINE = re.compile(rb"(\+OK|-ERR)( |\r?\n|$)")
+STATUS_LINE = re.compile(rb"(\+OK|-ERR)( |\r?\n|$)")
 # "<message number>[ <text>]" (RFC 1939 scan and unique-id listings).
 _NUMBERED = re.compile(rb"(\d{1,10})(?:[ \t]+(.*))?", re.DOTALL)
 
@@ -810,7 +810,12 @@ class Pop3Mailbox:
                 client.send_line(command.encode("ascii"))
                 client._getresp()
             except poplib.error_proto as exc:
-                raise ProtocolError(f"{command} refused ({self._text(exc)})") from exc
+                # UIDL is optional (its refusal is handled by the caller); LIST is not.
+                raise ProtocolError(
+                    f"{command} refused ({self._text(exc)}); LIST is required to fetch safely"
+                    if command == "LIST"
+                    else f"{command} refused ({self._text(exc)})"
+                ) from exc
             return client.multiline(f"{command} listing", MAX_LISTING_BYTES)
 
     @property
@@ -851,7 +856,7 @@ class Pop3Mailbox:
         reader = client.reader()
         with self._step(client, what):
             head = reader.peek(8)[:8]
-        if _STATUS_LINE.match(head):
+        if STATUS_LINE.match(head):
             # An answer too many came before (a stray line, or answers out of
             # order): this "message" would be the next answer. Stop here.
             client.end_answer()

@@ -151,3 +151,41 @@ def hostile(
     yield harness
     for server in harness.servers:
         server.close()
+
+
+@pytest.fixture
+def slow_aws(hostile: HostileHarness) -> Iterator[Any]:
+    """S3 and SQS (the handler's own clients) that a test can make slow mid-run.
+
+    See ``never_lose_support.SlowAws``; the hooks are removed, and the core's
+    worker threads given time to stop, at teardown.
+    """
+    from .never_lose_support import MARGIN, SlowAws
+
+    hostile.monkeypatch.setenv("DEADLINE_MARGIN_SECONDS", str(MARGIN))
+    slow = SlowAws()
+    slow.install()
+    yield slow
+    slow.uninstall()
+
+
+# Messages bigger than this are streamed in the ``small_streams`` tests: the
+# streaming path without 8 MiB messages (kept single-part, under S3's 5 MiB
+# minimum part size).
+SMALL_STREAM_THRESHOLD = 64 * 1024
+
+
+@pytest.fixture
+def small_streams(monkeypatch: pytest.MonkeyPatch) -> int:
+    """The handler streams messages above :data:`SMALL_STREAM_THRESHOLD` (no setting exists)."""
+    import functools
+
+    from pop3_ingest import app
+    from pop3_ingest.ingest import IngestOptions
+
+    monkeypatch.setattr(
+        app,
+        "IngestOptions",
+        functools.partial(IngestOptions, stream_threshold=SMALL_STREAM_THRESHOLD),
+    )
+    return SMALL_STREAM_THRESHOLD

@@ -131,7 +131,9 @@ def test_answer_to_a_command_that_was_not_sent(hostile: HostileHarness) -> None:
     outcome = hostile.attempt()
     hostile.check(outcome)
     assert fake.committed == []
-    hostile.logged("message without a usable UIDL left on server", "LIST size is not a number")
+    hostile.logged(
+        "listing entry that cannot be fetched safely left on server", "LIST size is not a number"
+    )
 
 
 def test_no_pipelining_when_not_advertised(hostile: HostileHarness) -> None:

@@ -147,25 +147,30 @@ def test_login_refused(hostile: HostileHarness, step: str) -> None:
     outcome = hostile.attempt()
     hostile.check(outcome)
     assert isinstance(outcome.error, AuthError)
-    hostile.logged("login failed", "[AUTH] no", levels=("ERROR",))
+    hostile.logged("login failed", "[AUTH]", levels=("ERROR",))
     assert fake.committed == []
 
 
-@pytest.mark.parametrize("step", ["UIDL", "LIST"])
-def test_listing_refused_raises_a_protocol_error(hostile: HostileHarness, step: str) -> None:
-    fake = hostile.serve(messages(2), replies={step: b"-ERR command not implemented\r\n"})
+def test_list_refused_raises_a_protocol_error(hostile: HostileHarness) -> None:
+    fake = hostile.serve(messages(2), replies={"LIST": b"-ERR command not implemented\r\n"})
     outcome = hostile.attempt()
     hostile.check(outcome)
     assert isinstance(outcome.error, ProtocolError)
-    assert "UIDL and LIST are required" in str(outcome.error)
+    assert "LIST is required" in str(outcome.error)
     assert fake.committed == []
+    hostile.logged("LIST refused", levels=("ERROR",))
 
 
-def test_listing_refused_is_logged(hostile: HostileHarness) -> None:
-    hostile.serve(messages(2), replies={"UIDL": b"-ERR command not implemented\r\n"})
+def test_server_without_uidl_is_drained_by_content(hostile: HostileHarness) -> None:
+    # RFC 1939 makes UIDL optional: each message is known by its digest.
+    mail = messages(2)
+    fake = hostile.serve(mail, replies={"UIDL": b"-ERR command not implemented\r\n"})
     outcome = hostile.attempt()
-    assert isinstance(outcome.error, ProtocolError)
-    hostile.logged("UIDL refused", levels=("ERROR",))
+    hostile.check(outcome)
+    assert outcome.stopped == "completed"
+    assert set(fake.committed) == set(mail)
+    assert sorted(hostile.stored().values()) == sorted(m.body for m in mail)
+    hostile.logged("server has no UIDL", levels=("WARNING",))
 
 
 def test_retr_refused_for_one_message_leaves_only_that_one(hostile: HostileHarness) -> None:

@@ -31,6 +31,7 @@ from tests.support.moto_server import AwsResources
 from tests.support.oauth_server import OAuthTestServer, oauth_dovecot
 
 from pop3_ingest.errors import AuthError, ConnectionLost, TlsError
+from pop3_ingest.redaction import MIN_SECRET_RUN
 
 from .conftest import HostileHarness, Outcome, messages
 
@@ -301,3 +302,166 @@ def test_even_with_root_logging_at_debug(mailbox: Harness, everything: Everythin
     stored = secret_json(mailbox, mailbox.dovecot.secret(USER))
     everything.add(attempt(mailbox))
     everything.assert_clean(PASSWORD, document=stored)
+
+
+# -- pieces of a secret: no run of MIN_SECRET_RUN characters anywhere -----------------
+#
+# These secrets alternate letters or digits with punctuation that log text never
+# holds, so any run of MIN_SECRET_RUN of their characters found in the output is
+# a leak, not a coincidence. Base64 strings (AUTH PLAIN, XOAUTH2) are made of
+# letters and digits that ids in log lines share by chance: they are looked for
+# by runs of BASE64_RUN.
+
+BASE64_RUN = 12
+LONG_SECRET = "".join(
+    "Qz7Xk2Vw9Lm4Rt8Np3Hs6Jd5Bf1Gc0Yq"[i % 32] + "~^|`;!=%"[i % 8] for i in range(60)
+)
+SHORT_SECRET = "k~7^Q|m`4;Z!"
+# A bearer token (RFC 6750 characters) of the same kind.
+TOKEN_SECRET = "".join("Tk9Qz7Xm4Rw8Lp2Vn6"[i % 18] + "~"[: i % 2] for i in range(48))
+
+
+def leaked_runs(text: str, secret: str, k: int) -> list[str]:
+    runs = {secret[i : i + k] for i in range(len(secret) - k + 1)}
+    return sorted(run for run in runs if run in text)
+
+
+def assert_no_runs(text: str, secret: str, k: int = MIN_SECRET_RUN) -> None:
+    assert text.strip(), "nothing was captured: the capture is broken"
+    found = leaked_runs(text, secret, k)
+    assert not found, f"{len(found)} piece(s) of a secret in the output (not shown here)"
+
+
+def login_failed_line(everything: Everything) -> str:
+    for record in everything.output.records():
+        if record.get("message") == "login failed":
+            return json.dumps(record)
+    raise AssertionError("no 'login failed' log line")
+
+
+@pytest.mark.parametrize(
+    ("secret", "echo"),
+    [
+        pytest.param(LONG_SECRET, lambda pw: pw[:100], id="long-cut-at-100"),
+        pytest.param(LONG_SECRET, lambda pw: pw[40:75], id="long-middle-slice"),
+        pytest.param(LONG_SECRET, lambda pw: f"{pw[:50]} and {pw[-9:]}", id="long-two-pieces"),
+        pytest.param(SHORT_SECRET, lambda pw: pw[:-3], id="short-cut"),
+        pytest.param(SHORT_SECRET, lambda pw: pw[2:9], id="short-middle-slice"),
+    ],
+)
+def test_pieces_of_the_password_echoed_to_pass_are_never_shown(
+    hostile: HostileHarness, everything: Everything, secret: str, echo: Callable[[str], str]
+) -> None:
+    def reply(session: Any, arg: str) -> bytes:
+        return f"-ERR [AUTH] you said {echo(arg)}\r\n".encode()
+
+    hostile.serve(messages(1), password=secret, replies={"PASS": reply})
+    secret_json(hostile, hostile.secret())
+    outcome = everything.add(hostile.attempt())
+    assert isinstance(outcome.error, AuthError)
+    assert outcome.error.code == "AUTH"
+    assert "[AUTH]" in str(outcome.error)  # the response code is kept
+    assert "[AUTH]" in login_failed_line(everything)
+    assert_no_runs(everything.text(), secret)
+
+
+@pytest.mark.parametrize("secret", [LONG_SECRET, SHORT_SECRET], ids=["long", "short"])
+def test_pieces_of_the_auth_plain_string_echoed_are_never_shown(
+    hostile: HostileHarness, everything: Everything, secret: str
+) -> None:
+    plain = base64.b64encode(f"\0{USER}\0{secret}".encode()).decode()
+
+    def reply(session: Any, arg: str) -> bytes:
+        b64 = arg.split()[-1]
+        raw = base64.b64decode(b64).decode()
+        return f"-ERR [SYS/PERM] bad {b64[:100]} / {b64[8:40]} / {raw[2:60]!r}\r\n".encode()
+
+    hostile.serve(
+        messages(1),
+        user=USER,
+        password=secret,
+        extra_capabilities=["SASL PLAIN"],
+        replies={"AUTH": reply},
+    )
+    secret_json(hostile, hostile.secret(sasl="plain"))
+    outcome = everything.add(hostile.attempt())
+    assert isinstance(outcome.error, AuthError)
+    assert "[SYS/PERM]" in str(outcome.error)
+    text = everything.text()
+    assert_no_runs(text, secret)
+    assert_no_runs(text, plain, BASE64_RUN)
+
+
+def test_pieces_of_the_token_in_an_xoauth2_error_exchange_are_never_shown(
+    hostile: HostileHarness, oauth: OAuthTestServer, everything: Everything
+) -> None:
+    oauth.respond_next(
+        200, {"access_token": TOKEN_SECRET, "token_type": "Bearer", "expires_in": 3600}
+    )
+    challenge = {"status": TOKEN_SECRET[:30], "schemes": "bearer", "scope": TOKEN_SECRET[9:]}
+
+    def error_challenge(session: Any, arg: str) -> bytes:
+        return b"+ " + base64.b64encode(json.dumps(challenge).encode()) + b"\r\n"
+
+    def final(session: Any, arg: str) -> bytes:  # the answer to the empty line
+        return f"-ERR [AUTH] token {TOKEN_SECRET[5:40]} refused\r\n".encode()
+
+    hostile.serve(
+        [FakeMessage(simple_message(1), b"u1")],
+        user=USER,
+        replies={"AUTH": error_challenge, "": final},
+    )
+    secret = oauth_secret("127.0.0.1", hostile.fake.port, "none", oauth, sasl="xoauth2-oneline")
+    secret_json(hostile, secret)
+    outcome = everything.add(hostile.attempt())
+    assert isinstance(outcome.error, AuthError)
+    assert "[AUTH]" in str(outcome.error)
+    text = everything.text()
+    assert_no_runs(text, TOKEN_SECRET)
+    xoauth2 = base64.b64encode(f"user={USER}\x01auth=Bearer {TOKEN_SECRET}\x01\x01".encode())
+    assert_no_runs(text, xoauth2.decode(), BASE64_RUN)
+
+
+@pytest.mark.parametrize(
+    ("replies", "code"),
+    [
+        pytest.param({"DELE": "-ERR [SYS/TEMP] try later, {pw}"}, "SYS/TEMP", id="DELE-refused"),
+        pytest.param({"CAPA": "{pw}"}, None, id="CAPA-out-of-step"),
+        pytest.param({"RETR": "-ERR [SYS/TEMP] cannot read {pw}"}, "SYS/TEMP", id="RETR-refused"),
+    ],
+)
+def test_pieces_of_the_password_in_other_server_text_are_masked(
+    hostile: HostileHarness,
+    everything: Everything,
+    replies: dict[str, str],
+    code: str | None,
+) -> None:
+    piece = f"{LONG_SECRET[7:40]} {LONG_SECRET[-60:]}"
+    hostile.serve(
+        messages(2),
+        password=LONG_SECRET,
+        replies={verb: f"{line.format(pw=piece)}\r\n".encode() for verb, line in replies.items()},
+    )
+    secret_json(hostile, hostile.secret())
+    outcome = everything.add(hostile.attempt())
+    hostile.check(outcome)
+    text = everything.text()
+    assert_no_runs(text, LONG_SECRET)
+    if code is not None:
+        assert f"[{code}]" in text  # the server's text is masked, not dropped
+
+
+def test_pieces_of_the_password_in_a_busy_greeting_are_masked(
+    hostile: HostileHarness, everything: Everything
+) -> None:
+    hostile.serve(
+        messages(1),
+        password=LONG_SECRET,
+        greeting=f"-ERR [IN-USE] locked by {LONG_SECRET[3:99]}\r\n".encode(),
+    )
+    secret_json(hostile, hostile.secret())
+    outcome = everything.add(hostile.attempt())
+    assert outcome.stopped == "busy"
+    text = everything.text()
+    assert "IN-USE" in text
+    assert_no_runs(text, LONG_SECRET)

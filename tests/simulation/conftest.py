@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, settings
 
-_COMMON = {
-    "deadline": None,
-    "database": None,
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
-}
+_COMMON = settings(
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 settings.register_profile(
-    "sim-fast", max_examples=40, stateful_step_count=30, derandomize=True, **_COMMON
+    "sim-fast", parent=_COMMON, max_examples=40, stateful_step_count=20, derandomize=True
 )
-settings.register_profile("simulate", max_examples=10_000, stateful_step_count=50, **_COMMON)
+settings.register_profile("simulate", parent=_COMMON, max_examples=10_000, stateful_step_count=50)

@@ -10,12 +10,16 @@ handler does. When the core's API moves, only this file follows it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import IO, Any, cast
 
 from botocore.exceptions import ClientError
+from tests.simulation.models import ModelBucket, ModelFault, ModelQueue, World
 
+from pop3_ingest import ingest as core
 from pop3_ingest.adapters.sqs_announcer import SqsAnnouncer
 from pop3_ingest.config import MailboxConfig, TlsMode
 from pop3_ingest.errors import Pop3IngestError, StoreError
@@ -23,7 +27,10 @@ from pop3_ingest.ingest import Deadline, IngestOptions, MailboxIngest, RunSummar
 from pop3_ingest.message import Readable, StoredObject, uidl_digest
 from pop3_ingest.pop3 import Pop3Mailbox, ServerMessage
 from pop3_ingest.state import Failure, MailboxState
-from tests.simulation.models import ModelBucket, ModelFault, ModelQueue, World
+
+# Issue 8: a message without a unique UIDL is remembered by its UIDL text and size
+# (None on the core before it, which remembers UIDLs only).
+failure_key: Callable[[ServerMessage], str] | None = getattr(core, "failure_key", None)
 
 MAILBOX = "sim"
 QUEUE_URL = "https://sqs.invalid/000000000000/sim-queue"  # never contacted: the client is a model
@@ -51,7 +58,24 @@ class StoreAdapter:
         except ModelFault as exc:
             raise StoreError(str(exc)) from exc
 
+    def put_file(
+        self,
+        key: str,
+        body: IO[bytes],
+        sha256_hex: str,
+        metadata: dict[str, str],
+        cancelled: Callable[[], bool],
+    ) -> bool:
+        """A big message from a spool file: a multipart upload the caller can give up."""
+        try:
+            return self._bucket.put_stream(
+                key, body.read, {**metadata, "sha256": sha256_hex}, cancelled
+            )
+        except ModelFault as exc:
+            raise StoreError(str(exc)) from exc
+
     def put_stream(self, key: str, body: Readable, metadata: dict[str, str]) -> bool:
+        """The streamed upload of the core before issue 8 (no digest known up front)."""
         try:
             return self._bucket.put_stream(key, body.read, metadata)
         except ModelFault as exc:
@@ -73,7 +97,7 @@ class SqsClientModel:
     def __init__(self, queue: ModelQueue) -> None:
         self._queue = queue
 
-    def send_message_batch(self, *, QueueUrl: str, Entries: list[dict[str, Any]]) -> Any:  # noqa: N803
+    def send_message_batch(self, *, QueueUrl: str, Entries: list[dict[str, Any]]) -> Any:
         try:
             failed = self._queue.send_batch([entry["MessageBody"] for entry in Entries])
         except ModelFault as exc:
@@ -95,6 +119,7 @@ class CoreSettings:
     upload_workers: int = 2
     commit_every_messages: int = 1000
     memory_budget: int = 32 * 1024
+    capped_listing: int | None = None
 
 
 @dataclass
@@ -127,7 +152,7 @@ class CoreHarness:
             port=world.server.port,
             tls=TlsMode.NONE,
             username="sim",
-            password="sim-password",  # noqa: S106 - the model server accepts anything
+            password="sim-password",
             mailbox=MAILBOX,
             delete=settings.delete,
             max_message_size=MAX_MESSAGE_SIZE,
@@ -135,16 +160,22 @@ class CoreHarness:
 
     def options(self) -> IngestOptions:
         s = self.settings
-        return IngestOptions(
-            delete=s.delete,
-            max_message_size=MAX_MESSAGE_SIZE,
-            pipeline_window=s.pipeline_window,
-            upload_workers=s.upload_workers,
-            memory_budget=s.memory_budget,
-            stream_threshold=STREAM_THRESHOLD,
-            commit_every_messages=s.commit_every_messages,
-            poison_threshold=POISON_THRESHOLD,
-        )
+        wanted: dict[str, Any] = {
+            "delete": s.delete,
+            "max_message_size": MAX_MESSAGE_SIZE,
+            "pipeline_window": s.pipeline_window,
+            "upload_workers": s.upload_workers,
+            "memory_budget": s.memory_budget,
+            "stream_threshold": STREAM_THRESHOLD,
+            "commit_every_messages": s.commit_every_messages,
+            "poison_threshold": POISON_THRESHOLD,
+        }
+        if s.capped_listing:
+            # The provider's cap, so the core recognises a partial listing.
+            wanted["capped_listing"] = s.capped_listing
+        # Options this core does not have (an older or newer core) are left out.
+        known = {f.name for f in dataclasses.fields(IngestOptions)}
+        return IngestOptions(**{k: v for k, v in wanted.items() if k in known})
 
     def run(self, budget: float) -> RunRecord:
         """One invocation with ``budget`` simulated seconds before Lambda stops it."""
@@ -195,12 +226,21 @@ class CoreHarness:
             }
         return record
 
-    def is_quarantined(self, uidl: str) -> bool:
-        """The saved state says this UIDL is quarantined (left on the server on purpose)."""
-        return uidl_digest(uidl) in self.state_json.get("quarantined", {})
+    def is_quarantined(self, uidl: str | None, size: int) -> bool:
+        """The saved state says this message is quarantined (left on the server on purpose).
+
+        ``uidl`` is what the server lists (None: no UIDL); a message without a
+        unique UIDL is remembered under its UIDL text and size.
+        """
+        quarantined = self.state_json.get("quarantined", {})
+        keys = {uidl_digest(uidl or "")}
+        if failure_key is not None:
+            for text in {uidl or "", ""}:
+                listed = ServerMessage(0, text, size, unique=False)  # type: ignore[call-arg,unused-ignore]
+                keys.add(failure_key(listed))
+        return any(key in quarantined for key in keys)
 
 
 def pointer_key_and_digest(pointer: dict[str, Any]) -> tuple[str, str, str]:
     """(bucket, key, sha256) a pointer names (docs/pointer.md)."""
     return str(pointer.get("bucket")), str(pointer.get("key")), str(pointer.get("sha256"))
-

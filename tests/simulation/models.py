@@ -123,10 +123,19 @@ class ModelBucket:
         self.faults = StoreFaults()
         self.fired: Counter[str] = Counter()
 
-    def _call(self, op: str, key: str) -> None:
+    def _call(self, op: str, key: str, cancelled: Callable[[], bool] | None = None) -> None:
         with self._lock:
             delay = self.latency.next_delay()
-        self._clock.sleep(delay)
+        if cancelled is None:
+            self._clock.sleep(delay)
+        else:
+            # An upload that can be given up: it notices within a simulated second.
+            while delay > 0:
+                if cancelled():
+                    self._fire("s3 upload given up by the caller")
+                    raise ModelFault(f"S3 upload of {key} aborted by the caller")
+                self._clock.sleep(min(delay, 1.0))
+                delay -= 1.0
         if self.faults.hits(op, key) and not (
             op == "put_stream" and self.faults.stream_point == "after"
         ):
@@ -142,9 +151,15 @@ class ModelBucket:
         self._call(op, key)
         return self._write(key, data, metadata)
 
-    def put_stream(self, key: str, read: Callable[[int], bytes], metadata: dict[str, str]) -> bool:
+    def put_stream(
+        self,
+        key: str,
+        read: Callable[[int], bytes],
+        metadata: dict[str, str],
+        cancelled: Callable[[], bool] | None = None,
+    ) -> bool:
         """A multipart upload: the whole body is read first, the condition checked at the end."""
-        self._call("put_stream", key)
+        self._call("put_stream", key, cancelled)
         parts = []
         while chunk := read(5000):
             parts.append(chunk)
@@ -523,9 +538,7 @@ class _Session:
             self.server.fired[f"LIST sizes {self.faults.lying_sizes}"] += 1
 
     def _numbered(self) -> list[tuple[int, tuple[ModelMessage, str, int]]]:
-        return [
-            (n, e) for n, e in enumerate(self.listed, start=1) if e[0].ident not in self.marked
-        ]
+        return [(n, e) for n, e in enumerate(self.listed, start=1) if e[0].ident not in self.marked]
 
     def _entry(self, args: list[str]) -> tuple[ModelMessage, str, int] | None:
         if len(args) != 1 or not args[0].isdigit():

@@ -2,18 +2,30 @@
 
 A real HTTP endpoint (rather than ``mock_aws``) exercises the code exactly as it
 runs in Lambda: clients come from the SDK's standard configuration only.
+
+moto's SQS takes any body. Real SQS refuses a message body holding a character
+outside ``#x9 #xA #xD #x20-#xD7FF #xE000-#xFFFD #x10000-#x10FFFF``
+(``InvalidMessageContents``) and a message, or a batch as a whole, over
+256 KiB. With ``strict_sqs`` (the default) a small WSGI layer in front of moto
+answers SendMessage and SendMessageBatch as real SQS does: a bad single message
+is a 400 error, a bad entry of a batch is listed in ``Failed`` while the rest is
+sent, and a batch too large is refused as a whole. What it refused is in
+:attr:`MotoServer.sqs_rejections`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
+import threading
 import urllib.request
 import uuid
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +33,12 @@ from types import TracebackType
 from typing import Any, Self
 
 import boto3
-from moto.server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import BaseWSGIServer, make_server
 
 REGION = "us-east-1"
 
@@ -42,6 +59,200 @@ _LEAKY_ENV = (
 def leaky_env_names(environ: MutableMapping[str, str]) -> list[str]:
     """Names in ``environ`` that must be removed for SDK calls to reach only moto."""
     return [n for n in environ if n in _LEAKY_ENV or n.startswith(_LEAKY_ENV_PREFIXES)]
+
+
+# -- SQS's rules, which moto does not enforce -------------------------------------------
+
+SQS_MAX_PAYLOAD_BYTES = 256 * 1024
+# Written out here on purpose, not imported from the package: the test oracle.
+_SQS_FORBIDDEN = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_SEND = "AmazonSQS.SendMessage"
+_SEND_BATCH = "AmazonSQS.SendMessageBatch"
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def sqs_body_problem(body: str) -> str | None:
+    """Real SQS's complaint about a message body's characters, if it has one."""
+    bad = _SQS_FORBIDDEN.search(body)
+    if bad is None:
+        return None
+    return (
+        f"Invalid binary character '#x{ord(bad.group()):X}' was found in the message body, "
+        "the set of allowed characters is #x9 | #xA | #xD | #x20 to #xD7FF | "
+        "#xE000 to #xFFFD | #x10000 to #x10FFFF"
+    )
+
+
+def _payload_size(entry: dict[str, Any]) -> int:
+    size = len(str(entry.get("MessageBody", "")).encode("utf-8", "surrogatepass"))
+    for name, attribute in (entry.get("MessageAttributes") or {}).items():
+        size += len(name.encode()) + len(str(attribute.get("DataType", "")).encode())
+        size += len(str(attribute.get("StringValue", "")).encode("utf-8", "surrogatepass"))
+    return size
+
+
+class StrictSqs:
+    """WSGI layer in front of moto: SendMessage(Batch) checked as real SQS checks them.
+
+    boto3 speaks SQS's JSON protocol (``X-Amz-Target: AmazonSQS.<Action>``);
+    every other request passes through untouched.
+    """
+
+    def __init__(self, app: WsgiApp) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+        self.rejections: list[str] = []  # one line per refused message or batch
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target not in (_SEND, _SEND_BATCH):
+            return self._app(environ, start_response)
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length)
+        request = json.loads(raw)
+        if target == _SEND:
+            return self._send(environ, start_response, request, raw)
+        return self._send_batch(environ, start_response, request)
+
+    def _send(
+        self,
+        environ: dict[str, Any],
+        start_response: Callable[..., Any],
+        request: dict[str, Any],
+        raw: bytes,
+    ) -> Iterable[bytes]:
+        problem = sqs_body_problem(str(request.get("MessageBody", "")))
+        if problem is not None:
+            return self._error(start_response, "InvalidMessageContents", problem)
+        if _payload_size(request) > SQS_MAX_PAYLOAD_BYTES:
+            return self._error(
+                start_response,
+                "InvalidParameterValue",
+                f"One or more parameters are invalid. Reason: Message must be shorter than "
+                f"{SQS_MAX_PAYLOAD_BYTES} bytes.",
+            )
+        return self._forward(environ, start_response, raw)
+
+    def _send_batch(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], request: dict[str, Any]
+    ) -> Iterable[bytes]:
+        entries = list(request.get("Entries") or [])
+        total = sum(_payload_size(entry) for entry in entries)
+        if total > SQS_MAX_PAYLOAD_BYTES:
+            return self._error(
+                start_response,
+                "BatchRequestTooLong",
+                f"Batch requests cannot be longer than {SQS_MAX_PAYLOAD_BYTES} bytes. "
+                f"You have sent {total} bytes.",
+            )
+        failed: list[dict[str, Any]] = []
+        good: list[dict[str, Any]] = []
+        for entry in entries:
+            problem = sqs_body_problem(str(entry.get("MessageBody", "")))
+            if problem is None:
+                good.append(entry)
+                continue
+            self._reject(f"InvalidMessageContents: {problem}")
+            failed.append(
+                {
+                    "Id": entry.get("Id"),
+                    "SenderFault": True,
+                    "Code": "InvalidMessageContents",
+                    "Message": problem,
+                }
+            )
+        if not failed:
+            return self._forward(environ, start_response, json.dumps(request).encode())
+        if not good:
+            return self._json(start_response, "200 OK", {"Successful": [], "Failed": failed})
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], *args: Any) -> None:
+            captured["status"], captured["headers"] = status, headers
+
+        forwarded = json.dumps({**request, "Entries": good}).encode()
+        body = b"".join(self._app(self._environ(environ, forwarded), capture))
+        if not str(captured.get("status", "")).startswith("200"):
+            start_response(captured["status"], captured["headers"])
+            return [body]
+        response = json.loads(body)
+        response["Failed"] = list(response.get("Failed") or []) + failed
+        return self._json(start_response, "200 OK", response)
+
+    def _forward(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], raw: bytes
+    ) -> Iterable[bytes]:
+        return self._app(self._environ(environ, raw), start_response)
+
+    @staticmethod
+    def _environ(environ: dict[str, Any], raw: bytes) -> dict[str, Any]:
+        return {**environ, "wsgi.input": io.BytesIO(raw), "CONTENT_LENGTH": str(len(raw))}
+
+    def _reject(self, line: str) -> None:
+        with self._lock:
+            self.rejections.append(line)
+
+    def _error(self, start_response: Callable[..., Any], code: str, message: str) -> list[bytes]:
+        self._reject(f"{code}: {message}")
+        body = {"__type": f"com.amazonaws.sqs#{code}", "message": message}
+        return self._json(
+            start_response, "400 Bad Request", body, [("x-amzn-query-error", f"{code};Sender")]
+        )
+
+    @staticmethod
+    def _json(
+        start_response: Callable[..., Any],
+        status: str,
+        document: dict[str, Any],
+        headers: list[tuple[str, str]] | None = None,
+    ) -> list[bytes]:
+        body = json.dumps(document).encode()
+        start_response(
+            status,
+            [
+                ("Content-Type", "application/x-amz-json-1.0"),
+                ("Content-Length", str(len(body))),
+                *(headers or []),
+            ],
+        )
+        return [body]
+
+
+class _ThreadedServer:
+    """moto's own app (as ``ThreadedMotoServer`` builds it), behind an optional layer."""
+
+    def __init__(self, host: str, port: int, strict_sqs: bool) -> None:
+        self._host = host
+        self._port = port
+        self.strict: StrictSqs | None = None
+        app: WsgiApp = DomainDispatcherApplication(create_backend_app)
+        if strict_sqs:
+            app = self.strict = StrictSqs(app)
+        self._app = app
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._server = make_server(
+            self._host, self._port, self._app, threaded=True, request_handler=MotoRequestHandler
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def get_host_and_port(self) -> tuple[str, int]:
+        assert self._server is not None, "start() first"
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
 
 
 @dataclass
@@ -103,8 +314,8 @@ class AwsResources:
 class MotoServer:
     """``with MotoServer() as moto: moto.apply_env(); ...``"""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, strict_sqs: bool = True) -> None:
+        self._server = _ThreadedServer(host, port, strict_sqs)
         self._endpoint_url: str | None = None
         self._clients: dict[str, Any] = {}
         # Empty config/credentials files isolate the tests from ~/.aws.
@@ -141,6 +352,11 @@ class MotoServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    @property
+    def sqs_rejections(self) -> list[str]:
+        """What the strict SQS layer refused so far (empty when not strict)."""
+        return [] if self._server.strict is None else list(self._server.strict.rejections)
 
     @property
     def endpoint_url(self) -> str:

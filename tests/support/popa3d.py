@@ -1,8 +1,8 @@
 """popa3d, a second real POP3 server for tests, reachable only on 127.0.0.1.
 
-popa3d (Debian package ``popa3d``) is what many small mail hosts run: plain
-RFC 1939, no CAPA (it answers ``-ERR``), no PIPELINING, STLS or RESP-CODES,
-system users authenticated through PAM, and mail in ``/var/mail/<user>`` (mbox).
+popa3d is what many small mail hosts run: plain RFC 1939, no CAPA (it answers
+``-ERR``), no PIPELINING, STLS or RESP-CODES, system users authenticated
+through PAM, and mail in ``/var/mail/<user>`` (mbox).
 Its UIDL is an MD5 of the Date, Message-ID and Received headers (checked here:
 From, To, Subject, the body and the envelope line do not count), so duplicate
 deliveries and look-alike messages without those headers share one UIDL.
@@ -11,6 +11,11 @@ deliveries and look-alike messages without those headers share one UIDL.
 inetd-style: it speaks POP3 on stdin/stdout and serves one session. So
 ``Popa3dServer`` is the inetd: it listens on 127.0.0.1 port 0 and hands each
 accepted socket to a fresh ``popa3d`` as its stdin and stdout.
+
+Its Debian package conflicts with dovecot-pop3d (both provide pop3-server), so
+``scripts/install_popa3d.sh`` (run by ``make deps-system``) unpacks it instead:
+the binary in /usr/local/sbin, its PAM service, the ``popa3d`` user and
+/var/lib/popa3d.
 
 ``Popa3dMailbox`` is one throwaway system user (random name and password,
 ``useradd`` + ``chpasswd``) with its mbox, removed again by ``remove()``.
@@ -80,12 +85,16 @@ def popa3d_binary() -> str | None:
 def missing_requirements() -> str | None:
     """Why popa3d tests cannot run here, or None when they can."""
     if popa3d_binary() is None:
-        return "popa3d is not installed (apt-get install popa3d; `make deps-system` does)"
+        return "popa3d is not installed (`make deps-system` runs scripts/install_popa3d.sh)"
     if os.geteuid() != 0:
         return "the popa3d tests need root (useradd, and popa3d's own privilege switches)"
     for tool in ("useradd", "userdel", "chpasswd"):
         if _tool(tool) is None:
             return f"{tool} is missing (Debian package passwd)"
+    try:
+        pwd.getpwnam("popa3d")  # the user it drops to for the login dialogue
+    except KeyError:
+        return "the popa3d system user is missing (scripts/install_popa3d.sh creates it)"
     return None
 
 
@@ -178,7 +187,7 @@ class Popa3dServer:
     def __init__(self) -> None:
         binary = popa3d_binary()
         if binary is None:
-            raise Popa3dError("popa3d binary not found (apt-get install popa3d)")
+            raise Popa3dError("popa3d binary not found (scripts/install_popa3d.sh)")
         self._binary = binary
         self.host = HOST
         self.dir = Path(tempfile.mkdtemp(prefix="pop3-ingest-popa3d-"))
@@ -327,6 +336,7 @@ class Popa3dMailbox:
         mailbox = cls(server=server, user=user, password=password)
         _live.append(mailbox)
         try:
+            MAIL_SPOOL.mkdir(mode=0o2775, exist_ok=True)  # base-files makes it; slim images may not
             _run_tool("chpasswd", stdin=f"{user}:{password}\n")
             mailbox._write(b"", append=False)
         except BaseException:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-from collections.abc import Callable
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 from pop3_ingest.errors import AnnounceError, ConnectionLost, ProtocolError, StoreError
 from pop3_ingest.message import StoredObject
@@ -143,15 +143,13 @@ class FakeStore:
     def put_file(
         self,
         key: str,
-        body: IO[bytes],
+        path: str,
         sha256_hex: str,
         metadata: dict[str, str],
         cancelled: Callable[[], bool],
     ) -> bool:
-        data = b""
-        while chunk := body.read(7):  # small reads: exercise the spooled file
-            data += chunk
-        return self._put(key, data)
+        with open(path, "rb") as spooled:
+            return self._put(key, spooled.read())
 
     def _put(self, key: str, data: bytes) -> bool:
         if any(marker in data for marker in self.fail_when_containing):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import pytest
 
@@ -23,6 +24,7 @@ def run(
     queue: FakeQueue | None = None,
     *,
     remaining_ms: int = 600_000,
+    remaining_ms_fn: Callable[[], int] | None = None,
     state: MailboxState | None = None,
     quarantined: list[str] | None = None,
     **options: object,
@@ -34,7 +36,7 @@ def run(
         connect=lambda: mailbox,
         store=store,
         announcer=queue,
-        deadline=Deadline(lambda: remaining_ms, margin_seconds=10),
+        deadline=Deadline(remaining_ms_fn or (lambda: remaining_ms), margin_seconds=10),
         options=IngestOptions(**options),  # type: ignore[arg-type]
         state=state,
         on_quarantine=(lambda m, f: quarantined.append(m.uidl))
@@ -244,7 +246,8 @@ def test_messages_sharing_a_uidl_are_drained_by_content_in_one_session() -> None
     assert sorted(p["sha256"] for p in queue.sent) == sorted(
         hashlib.sha256(c).hexdigest() for c in contents
     )
-    assert summary.deleted == 3 and summary.sessions == 1
+    assert summary.deleted == 3
+    assert summary.sessions == 1
 
 
 def test_messages_sharing_a_uidl_in_keep_mode_are_announced_once_each() -> None:

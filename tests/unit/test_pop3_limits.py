@@ -153,7 +153,7 @@ def test_an_echoed_password_is_hidden_even_at_the_end_of_a_long_line() -> None:
     ):
         Pop3Mailbox(config(server), timeout=2).__enter__()
     text = str(info.value)
-    assert "***" in text
+    assert "the server rejected the credentials" in text
     for length in range(4, len(password) + 1):
         assert password[:length] not in text
 

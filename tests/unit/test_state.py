@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import Any
 
@@ -11,7 +13,7 @@ from botocore.exceptions import ClientError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pop3_ingest.adapters.s3_state import CallLimits, S3StateStore, Snapshot
+from pop3_ingest.adapters.s3_state import STATE_CLIENT_CONFIG, S3StateStore, Snapshot
 from pop3_ingest.errors import StateDamaged, StoreError
 from pop3_ingest.state import (
     DELETED_MEMORY_SECONDS,
@@ -180,7 +182,9 @@ BAD_DOCUMENTS: list[tuple[str, Any, str]] = [
 
 
 @pytest.mark.parametrize(
-    ("data", "fragment"), [(d, f) for _, d, f in BAD_DOCUMENTS], ids=[n for n, _, _ in BAD_DOCUMENTS]
+    ("data", "fragment"),
+    [(d, f) for _, d, f in BAD_DOCUMENTS],
+    ids=[n for n, _, _ in BAD_DOCUMENTS],
 )
 def test_damaged_document_is_refused_with_a_clear_message(data: Any, fragment: str) -> None:
     with pytest.raises(StateDamaged) as caught:
@@ -281,7 +285,11 @@ def test_time_keyed_memories_are_bounded_keeping_the_newest(
 
     monkeypatch.setattr(state_module, "_MAX_DELETED", 2)
     state = MailboxState(
-        deleted={D1: Deleted(NOW - 2, 1, SHA), D2: Deleted(NOW, 1, SHA), D3: Deleted(NOW - 1, 1, SHA)},
+        deleted={
+            D1: Deleted(NOW - 2, 1, SHA),
+            D2: Deleted(NOW, 1, SHA),
+            D3: Deleted(NOW - 1, 1, SHA),
+        },
         seen_content={f"{i}" * 64: NOW - i for i in range(1, 4)},
     )
     state.forget_absent(set(), NOW, complete=False)
@@ -524,10 +532,12 @@ def test_a_damaged_state_is_set_aside_counted_and_read_as_empty() -> None:
     snapshot = store.read(MAILBOX)
     assert snapshot.state == MailboxState()
     assert snapshot.etag == '"7"'  # the next write replaces exactly that version
-    assert snapshot.damaged and "seen" in snapshot.damaged
+    assert snapshot.damaged
+    assert "seen" in snapshot.damaged
     assert damaged == [snapshot.damaged]
     (aside,) = [k for k in s3.objects if k != KEY]
-    assert aside.startswith("mail/_state/damaged/support.") and aside.endswith(".json")
+    assert aside.startswith("mail/_state/damaged/support.")
+    assert aside.endswith(".json")
     assert s3.objects[aside][0] == s3.objects[KEY][0]
 
 
@@ -538,7 +548,8 @@ def test_an_oversized_state_is_not_read_into_memory(monkeypatch: pytest.MonkeyPa
     s3 = FakeS3()
     s3.write_state(KEY, full_state())
     snapshot = store_on(s3).read(MAILBOX)
-    assert snapshot.damaged and "larger than 10 bytes" in snapshot.damaged
+    assert snapshot.damaged
+    assert "larger than 10 bytes" in snapshot.damaged
 
 
 def test_a_lease_held_by_another_live_run_is_not_taken() -> None:
@@ -572,33 +583,65 @@ def test_an_expired_lease_is_taken_over() -> None:
     assert lease.state == stored
 
 
+def calls_on(store: S3StateStore, current: Snapshot) -> dict[str, Callable[[], object]]:
+    return {
+        "read": lambda: store.read(MAILBOX),
+        "write": lambda: store.write(MAILBOX, MailboxState(), current),
+        "lease": lambda: store.take_lease(MAILBOX, "run-a", NOW + 300, NOW, current),
+        "quarantine": lambda: store.put_quarantine_record(MAILBOX, D1, {"size": 1}),
+    }
+
+
 @pytest.mark.parametrize("operation", ["read", "write", "lease", "quarantine"])
-def test_no_call_is_started_that_could_outlast_the_deadline(operation: str) -> None:
+def test_no_call_is_started_once_the_deadline_has_come(operation: str) -> None:
     s3 = FakeS3()
-    limits = CallLimits(connect_timeout=1, read_timeout=2, attempts=2)
     left = [100.0]
-    store = store_on(s3, time_left=lambda: left[0], limits=limits)
-    current = store.read(MAILBOX)
+    store = store_on(s3, time_left=lambda: left[0])
+    call = calls_on(store, store.read(MAILBOX))[operation]
     s3.calls.clear()
-    left[0] = limits.worst_case_seconds() - 0.1
-    with pytest.raises(StoreError, match="not enough time left"):
-        if operation == "read":
-            store.read(MAILBOX)
-        elif operation == "write":
-            store.write(MAILBOX, MailboxState(), current)
-        elif operation == "lease":
-            store.take_lease(MAILBOX, "run-a", NOW + 300, NOW, current)
-        else:
-            store.put_quarantine_record(MAILBOX, D1, {"size": 1})
+    left[0] = 0.0
+    with pytest.raises(StoreError, match="no time left"):
+        call()
     assert s3.calls == []
 
 
-def test_the_worst_case_covers_every_attempt_and_its_backoff() -> None:
-    limits = CallLimits(connect_timeout=1, read_timeout=2, attempts=3)
-    assert limits.worst_case_seconds() >= 3 * (1 + 2)
-    config = limits.config()
-    assert (config.connect_timeout, config.read_timeout) == (1, 2)
-    assert config.retries == {"mode": "standard", "total_max_attempts": 3}
+class HangingS3(FakeS3):
+    """An S3 that accepts the connection and then never answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = threading.Event()
+
+    def get_object(self, **kw: Any) -> dict[str, Any]:
+        self.answer.wait()
+        return super().get_object(**kw)
+
+    def put_object(self, **kw: Any) -> dict[str, Any]:
+        self.answer.wait()
+        return super().put_object(**kw)
+
+
+@pytest.mark.parametrize("operation", ["read", "write", "lease", "quarantine"])
+def test_a_call_that_hangs_is_given_up_at_the_deadline(operation: str) -> None:
+    s3 = HangingS3()
+    store = store_on(s3, time_left=lambda: 0.05)
+    current = Snapshot(MailboxState(), None)
+    try:
+        with pytest.raises(StoreError, match="deadline came first"):
+            calls_on(store, current)[operation]()
+    finally:
+        s3.answer.set()
+
+
+def test_the_state_client_fails_faster_than_the_mail_client() -> None:
+    from pop3_ingest.app import _BOTO_CONFIG
+
+    merged = _BOTO_CONFIG.merge(STATE_CLIENT_CONFIG)
+    assert merged.connect_timeout <= _BOTO_CONFIG.connect_timeout
+    assert merged.read_timeout < _BOTO_CONFIG.read_timeout
+    assert merged.retries["total_max_attempts"] < _BOTO_CONFIG.retries["max_attempts"] + 1
+    # Everything else (the connection pool) is the function's common setting.
+    assert merged.max_pool_connections == _BOTO_CONFIG.max_pool_connections
 
 
 def test_snapshot_state_is_a_base_the_caller_does_not_share() -> None:

@@ -688,17 +688,118 @@ def test_bucket_policy_denies_old_tls(resources: dict[str, Any]) -> None:
     assert tls[0]["Action"] == "s3:*"
 
 
-def test_reserved_concurrency(template: dict[str, Any], function: dict[str, Any]) -> None:
-    assert function["ReservedConcurrentExecutions"] == {
-        "Fn::If": ["HasReservedConcurrency", {"Ref": "ReservedConcurrency"}, NO_ACTIONS]
-    }
+# Lambda keeps this much of an account's concurrency unreserved, and this is the
+# quota accounts start with (often less: new accounts may get 10).
+LAMBDA_UNRESERVED_MINIMUM = 100
+LAMBDA_DEFAULT_QUOTA = 1000
+
+
+def _parameters(template: dict[str, Any], **values: Any) -> dict[str, str]:
+    """Parameter values as CloudFormation compares them: defaults, then ``values``."""
+    params = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
+    params.update({name: str(value) for name, value in values.items()})
+    return params
+
+
+def _condition(template: dict[str, Any], expr: Any, params: dict[str, str]) -> Any:
+    """Evaluate a condition expression (Fn::Equals/Not/And/Or, Condition, Ref)."""
+    if not isinstance(expr, dict) or len(expr) != 1:
+        return expr
+    ((fn, arg),) = expr.items()
+    if fn == "Ref":
+        return params[arg]
+    if fn == "Condition":
+        return _condition(template, template["Conditions"][arg], params)
+    values = [_condition(template, a, params) for a in _as_list(arg)]
+    if fn == "Fn::Equals":
+        return str(values[0]) == str(values[1])
+    if fn == "Fn::Not":
+        return not values[0]
+    if fn == "Fn::And":
+        return all(values)
+    if fn == "Fn::Or":
+        return any(values)
+    raise AssertionError(f"cannot evaluate {fn}")
+
+
+def _resolved(template: dict[str, Any], value: Any, params: dict[str, str]) -> Any:
+    """A property's value once Fn::If and Ref are decided; None for AWS::NoValue."""
+    if value is None or value == NO_ACTIONS:
+        return None
+    if isinstance(value, dict) and set(value) == {"Fn::If"}:
+        name, when_true, when_false = value["Fn::If"]
+        chosen = when_true if _condition(template, {"Condition": name}, params) else when_false
+        return _resolved(template, chosen, params)
+    if isinstance(value, dict) and set(value) == {"Ref"} and value["Ref"] in params:
+        return int(params[value["Ref"]])
+    return value
+
+
+def _reservations(template: dict[str, Any], **values: Any) -> dict[str, Any]:
+    """Reserved concurrency per function that exists with these parameter values."""
+    params = _parameters(template, **values)
+    reserved = {}
+    for name, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        if "Condition" in resource and not _condition(
+            template, {"Condition": resource["Condition"]}, params
+        ):
+            continue
+        props = resource["Properties"]
+        reserved[name] = _resolved(template, props.get("ReservedConcurrentExecutions"), params)
+    return reserved
+
+
+@pytest.mark.parametrize("mode", ["single", "fleet"])
+def test_no_concurrency_is_reserved_unless_the_operator_asks(
+    template: dict[str, Any], mode: str
+) -> None:
+    # The defaults must deploy on an account whose quota (10) leaves nothing to reserve.
+    reserved = _reservations(template, Mode=mode)
+    assert "FetchFunction" in reserved
+    assert set(reserved.values()) == {None}, reserved
+    assert set(_reservations(template, Mode=mode, ReservedConcurrency=0).values()) == {None}
+    # Asked for, the fetch function gets exactly that, and nothing reserves 0 (a stop).
+    asked = _reservations(template, Mode=mode, ReservedConcurrency=5)
+    assert asked["FetchFunction"] == 5
+    assert 0 not in asked.values()
+    assert sum(asked.values()) <= 5 + 1  # the dispatcher takes at most one more
+
+
+def test_the_function_cannot_be_reserved_above_what_an_account_allows(
+    template: dict[str, Any],
+) -> None:
     param = template["Parameters"]["ReservedConcurrency"]
-    assert param["Default"] == 5
-    assert param["MinValue"] == 0
-    # 0 must leave concurrency unreserved, never reserve 0 (which would stop the function).
-    assert template["Conditions"]["HasReservedConcurrency"] == {
-        "Fn::Not": [{"Fn::Equals": [{"Ref": "ReservedConcurrency"}, "0"]}]
-    }
+    assert int(param["MinValue"]) == 0
+    reservable = LAMBDA_DEFAULT_QUOTA - LAMBDA_UNRESERVED_MINIMUM
+    highest = int(param["MaxValue"])
+    assert highest <= reservable
+    # Even at its highest, fetch function and dispatcher together stay within it.
+    assert sum(_reservations(template, Mode="fleet", ReservedConcurrency=highest).values()) <= (
+        reservable + 1
+    )
+    # Mode fleet caps the job pollers at the reservation, never above it.
+    mapping = template["Resources"]["JobsEventSource"]["Properties"]["ScalingConfig"]
+    for value in (0, 1, 2, highest):
+        params = _parameters(template, Mode="fleet", ReservedConcurrency=value)
+        cap = _resolved(template, mapping, params)
+        if cap is not None:
+            assert 2 <= _resolved(template, cap["MaximumConcurrency"], params) <= value
+
+
+def test_runs_that_overlap_are_kept_apart_by_a_lease_that_outlasts_any_run(
+    template: dict[str, Any],
+) -> None:
+    from pop3_ingest.state import LEASE_MARGIN_SECONDS, MAX_LEASE_SECONDS
+
+    # The Timeout may exceed the schedule's period: runs overlap, and one stands aside
+    # while the other holds the mailbox's lease. The lease is honoured for as long as
+    # the longest run the template allows (plus the clock margin the run adds).
+    timeout = template["Parameters"]["Timeout"]
+    assert int(timeout["MaxValue"]) <= 900  # Lambda's own limit
+    assert int(timeout["MaxValue"]) + LEASE_MARGIN_SECONDS <= MAX_LEASE_SECONDS
+    assert "lease" in timeout["Description"]
 
 
 @pytest.mark.parametrize(

@@ -5,16 +5,24 @@ Every state write is conditional on the ETag last read or written
 the race reads the document again and merges its own changes onto it: it never
 overwrites another writer's. The same conditional write takes the mailbox's
 lease at the start of a run.
+
+Every call is bounded by the run's deadline. The SDK's timeouts bound each
+socket operation, not a whole call (a server that drips its answer never trips
+them), so a call runs on a thread of its own and is given up, not waited for,
+when the deadline comes. A write given up may still land later: it is
+conditional, so it can only ever replace the version it was based on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -38,32 +46,16 @@ _CONFLICT = (frozenset({"PreconditionFailed", "ConditionalRequestConflict"}), fr
 _GONE = (frozenset({"NoSuchKey", "NotFound"}), frozenset({404}))
 
 
-@dataclass(frozen=True)
-class CallLimits:
-    """How long one state call may take, retries included: the one home of these facts.
+# The state store's own client settings: quick to fail and few retries, since
+# a state call has to fit in what is left of the run (usually the deadline
+# margin). Merged over the function's common client settings.
+STATE_CLIENT_CONFIG = Config(
+    connect_timeout=2,
+    read_timeout=5,
+    retries={"mode": "standard", "total_max_attempts": 2},
+)
 
-    The state store's client is built from ``config()``, and a call is not
-    started unless ``worst_case_seconds()`` is left before the deadline.
-    """
-
-    connect_timeout: float = 1.0
-    read_timeout: float = 3.0
-    attempts: int = 2
-
-    def config(self) -> Config:
-        return Config(
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            retries={"mode": "standard", "total_max_attempts": self.attempts},
-        )
-
-    def worst_case_seconds(self) -> float:
-        # Standard mode waits at most 2^(n-1) s (random) before retry n.
-        backoff = sum(2.0**n for n in range(self.attempts - 1))
-        return self.attempts * (self.connect_timeout + self.read_timeout) + backoff
-
-
-STATE_CALLS = CallLimits()
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -87,8 +79,8 @@ class S3StateStore:
 
     Mailbox names start with a letter or digit and hold no ``/``, so these
     never collide with mail keys, and ``_state/damaged/`` with no state.
-    ``time_left`` (seconds) bounds every call: none is started that could run
-    past it. ``on_damaged`` is told each time a damaged state is set aside.
+    ``time_left`` (seconds) bounds every call: none is waited for past it.
+    ``on_damaged`` is told each time a damaged state is set aside.
     """
 
     def __init__(
@@ -99,14 +91,12 @@ class S3StateStore:
         *,
         time_left: Callable[[], float] | None = None,
         on_damaged: Callable[[str], None] | None = None,
-        limits: CallLimits = STATE_CALLS,
     ) -> None:
         self._client = client
         self._bucket = bucket
         self._prefix = prefix
         self._time_left = time_left
         self._on_damaged = on_damaged
-        self._limits = limits
 
     def state_key(self, mailbox: str) -> str:
         return f"{self._prefix}_state/{mailbox}.json"
@@ -125,15 +115,16 @@ class S3StateStore:
     def read(self, mailbox: str) -> Snapshot:
         """The stored state; a damaged one is set aside and read as empty."""
         key = self.state_key(mailbox)
-        self._require_time(f"read s3://{self._bucket}/{key}")
-        try:
+
+        def get() -> tuple[str, bytes | None]:
             response = self._client.get_object(Bucket=self._bucket, Key=key)
-            etag = response["ETag"]
             if response["ContentLength"] > _MAX_STATE_BYTES:
                 response["Body"].close()
-                body = None
-            else:
-                body = response["Body"].read()
+                return response["ETag"], None
+            return response["ETag"], response["Body"].read()
+
+        try:
+            etag, body = self._bounded(f"read s3://{self._bucket}/{key}", get)
         except ClientError as exc:
             if _is(exc, _GONE):
                 return Snapshot(MailboxState(), None)
@@ -153,13 +144,15 @@ class S3StateStore:
         key = self.state_key(mailbox)
         aside = self.damaged_key(mailbox, datetime.now(UTC))
         try:
-            self._require_time(f"set aside s3://{self._bucket}/{key}")
             # Exactly the version that was read, even if it changed since.
-            self._client.copy_object(
-                Bucket=self._bucket,
-                Key=aside,
-                CopySource={"Bucket": self._bucket, "Key": key},
-                CopySourceIfMatch=etag,
+            self._bounded(
+                f"set aside s3://{self._bucket}/{key}",
+                lambda: self._client.copy_object(
+                    Bucket=self._bucket,
+                    Key=aside,
+                    CopySource={"Bucket": self._bucket, "Key": key},
+                    CopySourceIfMatch=etag,
+                ),
             )
         except (ClientError, BotoCoreError, StoreError) as exc:
             # The bucket is versioned: the damaged version stays recoverable there.
@@ -218,20 +211,22 @@ class S3StateStore:
 
     def put_quarantine_record(self, mailbox: str, digest: str, record: dict[str, Any]) -> None:
         key = self.quarantine_key(mailbox, digest)
-        self._require_time(f"write s3://{self._bucket}/{key}")
         body = json.dumps(record, separators=(",", ":")).encode()
         try:
-            self._client.put_object(
-                Bucket=self._bucket, Key=key, Body=body, ContentType="application/json"
+            self._bounded(
+                f"write s3://{self._bucket}/{key}",
+                lambda: self._client.put_object(
+                    Bucket=self._bucket, Key=key, Body=body, ContentType="application/json"
+                ),
             )
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"cannot write s3://{self._bucket}/{key}: {exc}") from exc
 
     def _put_state(self, mailbox: str, state: MailboxState, etag: str | None) -> Snapshot:
         key = self.state_key(mailbox)
-        self._require_time(f"write s3://{self._bucket}/{key}")
         body = state.to_bytes()
-        try:
+
+        def put() -> str:
             if etag is None:
                 response = self._client.put_object(
                     Bucket=self._bucket,
@@ -248,22 +243,38 @@ class S3StateStore:
                     ContentType="application/json",
                     IfMatch=etag,
                 )
+            return response["ETag"]
+
+        try:
+            new_etag = self._bounded(f"write s3://{self._bucket}/{key}", put)
         except ClientError as exc:
             if _is(exc, _CONFLICT) or (etag is not None and _is(exc, _GONE)):
                 raise _Conflict from exc
             raise StoreError(f"cannot write run state s3://{self._bucket}/{key}: {exc}") from exc
         except BotoCoreError as exc:
             raise StoreError(f"cannot write run state s3://{self._bucket}/{key}: {exc}") from exc
-        return Snapshot(state.copy(), response["ETag"])
+        return Snapshot(state.copy(), new_etag)
 
-    def _require_time(self, what: str) -> None:
+    def _bounded(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``, or StoreError once the deadline comes first."""
         if self._time_left is None:
-            return
-        left, needed = self._time_left(), self._limits.worst_case_seconds()
-        if left < needed:
-            raise StoreError(
-                f"not enough time left to {what}: {left:.1f} s, a call may take {needed:.1f} s"
-            )
+            return call()
+        left = self._time_left()
+        if left <= 0:
+            raise StoreError(f"no time left to {what}")
+        outcome: Future[T] = Future()
+
+        def work() -> None:
+            try:
+                outcome.set_result(call())
+            except BaseException as exc:  # handed to the waiting caller
+                outcome.set_exception(exc)
+
+        threading.Thread(target=work, name="state-store-call", daemon=True).start()
+        try:
+            return outcome.result(timeout=left)
+        except TimeoutError as exc:
+            raise StoreError(f"gave up trying to {what}: the run's deadline came first") from exc
 
 
 def _parse(body: bytes | None) -> MailboxState:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+import logging
 import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import CancelledError
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.exceptions import BotoCoreError, ClientError
@@ -19,6 +20,8 @@ from pop3_ingest.message import StoredObject
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from s3transfer.manager import TransferManager
+
+logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 STREAM_THRESHOLD = 8 * MIB
@@ -86,7 +89,7 @@ class S3MessageStore:
     def put_file(
         self,
         key: str,
-        body: IO[bytes],
+        path: str,
         sha256_hex: str,
         metadata: dict[str, str],
         cancelled: Callable[[], bool],
@@ -101,7 +104,7 @@ class S3MessageStore:
         try:
             finished = _DoneSignal()
             future = self._transfer_manager().upload(
-                body,
+                path,
                 self.bucket,
                 key,
                 extra_args={
@@ -113,6 +116,9 @@ class S3MessageStore:
             while not finished.event.wait(_CANCEL_POLL_SECONDS):
                 if cancelled():
                     future.cancel()
+                    # s3transfer aborts only once its part uploads return,
+                    # which a hanging S3 may not let happen before the deadline.
+                    self._abort_multipart_uploads(key)
                     raise StoreError(
                         f"S3 upload of s3://{self.bucket}/{key} abandoned at the deadline"
                     )
@@ -126,6 +132,18 @@ class S3MessageStore:
         except CancelledError as exc:
             raise StoreError(f"S3 upload of s3://{self.bucket}/{key} cancelled") from exc
         return True
+
+    def _abort_multipart_uploads(self, key: str) -> None:
+        try:
+            listing = self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            for upload in listing.get("Uploads", []):
+                if upload.get("Key") == key and "UploadId" in upload:
+                    self._client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+                    )
+        except (ClientError, BotoCoreError) as exc:
+            # The bucket's lifecycle rule removes what is left (template.yaml).
+            logger.warning("multipart upload not aborted", extra={"key": key, "error": str(exc)})
 
     def stored_object(self, key: str) -> StoredObject | None:
         try:

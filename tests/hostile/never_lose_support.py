@@ -1,0 +1,306 @@
+"""Machinery for the never-lose tests (issue 8): slow AWS, a deadline that moves, a ledger.
+
+- :class:`SlowAws` hooks the handler's own S3 and SQS clients (``app.aws_clients()``
+  is cached, so the hooks see every call the handler makes) at botocore's send
+  step: chosen calls are held, as a slow region would hold them, until the
+  handler returns, and from then on every call is refused. That models Lambda
+  freezing the process at return: work left running then never reaches AWS.
+- :class:`DeadlineContext` is the Lambda context with a deadline a hook can
+  bring close mid-run (so "the deadline comes while uploads are slow" is an
+  ordering, not a race).
+- :class:`Ledger` collects what was announced: a message is announced when a
+  pointer names an S3 object holding its exact bytes.
+
+Nothing measures time: holds are bounded (:data:`HOLD_SECONDS`) so a run that
+waits for them still ends, and the tests check what the run did.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from botocore.awsrequest import AWSResponse
+from botocore.compat import HTTPHeaders
+from tests.integration.conftest import EVENT
+from tests.support.corpus import simple_message
+from tests.support.fake_pop3 import FakeMessage, FakePop3Server
+from tests.support.lambda_context import FakeLambdaContext
+from tests.support.moto_server import AwsResources
+
+from .conftest import HostileHarness, Outcome
+
+# The longest a held call waits for the handler to return. Longer than any
+# deadline these tests give, so a run that waits for held calls overruns it.
+HOLD_SECONDS = 6.0
+# DEADLINE_MARGIN_SECONDS in these tests (the ``slow_aws`` fixture sets it).
+MARGIN = 2.0
+# Threads the core runs uploads and announces on (ThreadPoolExecutor prefixes).
+_WORKER_PREFIXES = ("upload", "announce")
+
+
+class DeadlineContext(FakeLambdaContext):
+    """A Lambda context whose deadline can be brought forward while the handler runs."""
+
+    def expire_in(self, seconds: float) -> None:
+        self._deadline = time.monotonic() + seconds
+
+
+@dataclass
+class Invocation:
+    """One handler call: its outcome, and the Lambda time left when it returned."""
+
+    outcome: Outcome
+    remaining_ms: int
+
+
+class _Body:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._body
+
+
+def _refusal(url: str, service: str) -> AWSResponse:
+    headers = HTTPHeaders()
+    # 403: not retried by the SDK, so a frozen process makes no progress at all.
+    if service == "s3":
+        body = b"<Error><Code>AccessDenied</Code><Message>process frozen</Message></Error>"
+        headers["Content-Type"] = "application/xml"
+    else:
+        body = b'{"__type":"AccessDenied","message":"process frozen"}'
+        headers["Content-Type"] = "application/x-amz-json-1.0"
+        headers["x-amzn-query-error"] = "AccessDenied"
+    return AWSResponse(url, 403, headers, _Body(body))
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the handler sends: the n-th of its operation, and its body size."""
+
+    n: int
+    size: int
+
+
+@dataclass
+class _Rule:
+    service: str
+    operation: str
+    applies: Callable[[Call], bool]
+    action: Callable[[Call], None]
+    refuse: bool = False
+
+
+@dataclass
+class SlowAws:
+    """Slow S3 and SQS for the handler's clients; frozen after the handler returns."""
+
+    frozen: threading.Event = field(default_factory=threading.Event, repr=False)
+    calls: Counter[str] = field(default_factory=Counter)  # "s3.PutObject" -> count
+    held_bytes: int = 0  # request bytes of PutObject calls being held right now
+    peak_held_bytes: int = 0
+    _rules: list[_Rule] = field(default_factory=list, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _installed: list[tuple[Any, str]] = field(default_factory=list, repr=False)
+
+    # -- set-up ------------------------------------------------------------------
+
+    def install(self) -> None:
+        from pop3_ingest.app import aws_clients
+
+        clients = aws_clients()
+        for client, service in ((clients.s3, "s3"), (clients.sqs, "sqs")):
+            event = f"before-send.{service}"
+            # botocore uses a handler's response at before-send (the stub says None).
+            client.meta.events.register(event, cast("Callable[..., None]", self._before_send))
+            self._installed.append((client, event))
+
+    def uninstall(self) -> None:
+        self.freeze()
+        for client, event in self._installed:
+            client.meta.events.unregister(event, self._before_send)
+        self._installed.clear()
+
+    def when(
+        self,
+        service: str,
+        operation: str,
+        applies: Callable[[Call], bool],
+        action: Callable[[Call], None],
+    ) -> None:
+        """Run ``action(call)`` at the start of each such call for which ``applies(call)``."""
+        self._rules.append(_Rule(service, operation, applies, action))
+
+    def refuse(self, service: str, operation: str, applies: Callable[[Call], bool]) -> None:
+        """Such calls are refused (403, not retried) when ``applies(call)``."""
+        self._rules.append(_Rule(service, operation, applies, lambda call: None, refuse=True))
+
+    def hold_from(
+        self, service: str, operation: str, nth: int, *, first: Callable[[], None] | None = None
+    ) -> None:
+        """From the ``nth`` call on, each call is held until the handler returns.
+
+        ``first`` runs when the ``nth`` call starts (to bring the deadline close, say).
+        """
+
+        def act(call: Call) -> None:
+            if call.n == nth and first is not None:
+                first()
+            self.hold()
+
+        self.when(service, operation, lambda call: call.n >= nth, act)
+
+    def started(self, service: str, operation: str, nth: int) -> threading.Event:
+        """An event set when the ``nth`` call starts."""
+        event = threading.Event()
+        self.when(service, operation, lambda call: call.n == nth, lambda call: event.set())
+        return event
+
+    def hold(self, until: threading.Event | None = None) -> None:
+        """Hold the calling request until ``until`` is set or the handler returns (bounded)."""
+        deadline = time.monotonic() + HOLD_SECONDS
+        while not self.frozen.is_set() and time.monotonic() < deadline:
+            if until is not None and until.is_set():
+                return
+            self.frozen.wait(0.02)
+
+    # -- the handler's life cycle ---------------------------------------------------
+
+    def freeze(self) -> None:
+        """The handler returned: held calls are released and refused, and so is
+        every later call, until :meth:`thaw`. Waits (bounded) for the core's
+        worker threads to finish what they were doing."""
+        self.frozen.set()
+        limit = time.monotonic() + 5.0
+        for thread in threading.enumerate():
+            if thread.name.startswith(_WORKER_PREFIXES):
+                thread.join(max(0.0, limit - time.monotonic()))
+
+    def thaw(self) -> None:
+        """A new invocation: AWS answers normally again, with no rules."""
+        self.freeze()
+        self._rules.clear()
+        self.calls.clear()
+        self.held_bytes = self.peak_held_bytes = 0
+        self.frozen.clear()
+
+    # -- the hook --------------------------------------------------------------------
+
+    def _before_send(self, request: Any, event_name: str, **kwargs: Any) -> AWSResponse | None:
+        _, service, operation = event_name.split(".", 2)
+        if self.frozen.is_set():
+            return _refusal(request.url, service)
+        size = int(request.headers.get("Content-Length") or 0)
+        held = size if operation == "PutObject" else 0
+        with self._lock:
+            name = f"{service}.{operation}"
+            self.calls[name] += 1
+            call = Call(self.calls[name], size)
+            rules = [r for r in self._rules if (r.service, r.operation) == (service, operation)]
+            self.held_bytes += held
+            self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)
+        refused = False
+        try:
+            for rule in rules:
+                if rule.applies(call):
+                    rule.action(call)
+                    refused = refused or rule.refuse
+        finally:
+            with self._lock:
+                self.held_bytes -= held
+        if refused or self.frozen.is_set():
+            return _refusal(request.url, service)
+        return None
+
+
+def invoke(
+    hostile: HostileHarness, slow: SlowAws, context: FakeLambdaContext | None = None
+) -> Invocation:
+    """Call the real handler once; then the process is "frozen" (see :class:`SlowAws`)."""
+    from pop3_ingest.app import lambda_handler
+
+    context = context or DeadlineContext(remaining_ms=60_000)
+    try:
+        outcome = Outcome(lambda_handler(dict(EVENT), context), None)
+    except Exception as exc:
+        outcome = Outcome(None, exc)
+    remaining = context.get_remaining_time_in_millis()
+    slow.freeze()
+    return Invocation(outcome, remaining)
+
+
+@dataclass
+class Ledger:
+    """Every pointer the queue has carried, and the bytes each one points at."""
+
+    hostile: HostileHarness
+    pointers: list[dict[str, Any]] = field(default_factory=list)
+    _bodies: list[bytes] = field(default_factory=list)
+
+    def announced(self) -> list[bytes]:
+        """The message bytes announced so far (one entry per pointer)."""
+        aws = self.hostile.aws
+        stored = set(aws.keys())
+        for pointer in _drain(aws):
+            self.pointers.append(pointer)
+            key = str(pointer.get("key"))
+            if key in stored:
+                self._bodies.append(aws.get_object(key))
+        return list(self._bodies)
+
+    def missing(self, mail: list[FakeMessage]) -> list[str]:
+        """Messages whose exact bytes no pointer names (UIDLs)."""
+        announced = set(self.announced())
+        return [repr(m.uidl) for m in mail if m.body not in announced]
+
+    def lost(self, mail: list[FakeMessage], *servers: FakePop3Server) -> list[str]:
+        """Messages neither announced nor still offered by the server (UIDLs)."""
+        announced = set(self.announced())
+        offered = [m for server in servers for m in server.messages]
+        return [
+            repr(m.uidl)
+            for m in mail
+            if m.body not in announced and not any(m is o for o in offered)
+        ]
+
+
+def _drain(aws: AwsResources) -> list[dict[str, Any]]:
+    """Every pointer on the queue, removed in batches (one by one is slow in moto)."""
+    pointers: list[dict[str, Any]] = []
+    while True:
+        response = aws.sqs.receive_message(
+            QueueUrl=aws.queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=0,
+            VisibilityTimeout=300,  # never the same message twice while draining
+        )
+        received = response.get("Messages", [])
+        if not received:
+            return pointers
+        pointers += [json.loads(m["Body"]) for m in received]
+        aws.sqs.delete_message_batch(
+            QueueUrl=aws.queue_url,
+            Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(received)
+            ],
+        )
+
+
+def big_message(i: int, size: int) -> bytes:
+    """A message of exactly ``size`` bytes (CRLF lines), distinct per ``i``."""
+    head = simple_message(i)
+    line = b"%08d " % i + b"x" * 68 + b"\r\n"
+    filler = line * ((size - len(head)) // len(line) + 1)
+    body = head + filler
+    return body[: size - 2] + b"\r\n"
+
+
+def state_saved(hostile: HostileHarness) -> bool:
+    """Whether the mailbox's run state is in S3."""
+    return any("/_state/" in key or key.startswith("_state/") for key in hostile.aws.keys())

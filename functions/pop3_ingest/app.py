@@ -427,6 +427,8 @@ def _report(summary: RunSummary, *, started: float, busy_code: str | None = None
         "quarantined": summary.quarantined,
         "in_quarantine": summary.in_quarantine,
         "reappeared": summary.reappeared,
+        "redeleted": summary.redeleted,
+        "abandoned_sessions": summary.abandoned_sessions,
         "unlisted": summary.unlisted,
         "left_on_server": summary.left_on_server,
         "sessions": summary.sessions,

@@ -711,6 +711,12 @@ class _SessionRun:
             self.to_fetch.append(message)
         if not self.to_fetch and blocking and self.listed >= opts.capped_listing:
             self._unblock_window(blocking)
+        if self.prove and opts.delete:
+            # Deletions proven first, in a short session of their own that
+            # QUITs before new mail is taken: if the rest of the run is cut
+            # off, they are committed all the same, so every run progresses.
+            self.to_fetch = deque(m for m in self.to_fetch if m.uidl in self.prove and m.unique)
+            self.outcome.commit_and_continue = True
 
     def _unblock_window(self, blocking: list[ServerMessage]) -> None:
         """A capped listing whose every message is skipped would hide all mail behind it

@@ -169,6 +169,17 @@ def slow_aws(hostile: HostileHarness) -> Iterator[Any]:
     slow.uninstall()
 
 
+@pytest.fixture
+def ledger(hostile: HostileHarness) -> Iterator[Any]:
+    """What the handler announced (``never_lose_support.Ledger``), from the first run on."""
+    from .never_lose_support import Ledger, PointerTap
+
+    tap = PointerTap()
+    tap.install()
+    yield Ledger(hostile, tap)
+    tap.uninstall()
+
+
 # Messages bigger than this are streamed in the ``small_streams`` tests: the
 # streaming path without 8 MiB messages (kept single-part, under S3's 5 MiB
 # minimum part size).

@@ -17,6 +17,7 @@ waits for them still ends, and the tests check what the run did.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -235,61 +236,104 @@ def invoke(
     return Invocation(outcome, remaining)
 
 
+def content_id(body: bytes) -> str:
+    """What S3 gives as the ETag of a single-part object holding ``body``."""
+    return hashlib.md5(body, usedforsecurity=False).hexdigest()
+
+
+class PointerTap:
+    """The pointers SQS accepted from the handler's own client, as the handler sent them.
+
+    Read at the SDK (the entries of each SendMessageBatch that SQS answered as
+    successful) rather than from the queue: moto takes about a second per
+    hundred pointers to hand them back.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._delivered: list[dict[str, Any]] = []
+        self._client: Any = None
+
+    def install(self) -> None:
+        from pop3_ingest.app import aws_clients
+
+        self._client = aws_clients().sqs
+        events = self._client.meta.events
+        events.register("before-parameter-build.sqs.SendMessageBatch", self._remember)
+        events.register("after-call.sqs.SendMessageBatch", self._accepted)
+
+    def uninstall(self) -> None:
+        if self._client is not None:
+            events = self._client.meta.events
+            events.unregister("before-parameter-build.sqs.SendMessageBatch", self._remember)
+            events.unregister("after-call.sqs.SendMessageBatch", self._accepted)
+            self._client = None
+
+    def take(self) -> list[dict[str, Any]]:
+        """The pointers accepted since the last call."""
+        with self._lock:
+            taken, self._delivered = self._delivered, []
+        return taken
+
+    def _remember(self, params: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:
+        context["never_lose_entries"] = list(params.get("Entries", []))
+
+    def _accepted(self, parsed: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:
+        entries = {str(e["Id"]): e for e in context.get("never_lose_entries", [])}
+        accepted = [entries[str(ok["Id"])] for ok in parsed.get("Successful", [])]
+        with self._lock:
+            self._delivered += [json.loads(e["MessageBody"]) for e in accepted]
+
+
 @dataclass
 class Ledger:
-    """Every pointer the queue has carried, and the bytes each one points at."""
+    """Every pointer SQS accepted, and the content of the object each one names.
+
+    A message is announced when a pointer names an S3 object holding its exact
+    bytes. Contents are compared through S3's ETag (the MD5 of a single-part
+    object's bytes; a multipart object is read): cheap for hundreds of messages.
+    """
 
     hostile: HostileHarness
+    tap: PointerTap
     pointers: list[dict[str, Any]] = field(default_factory=list)
-    _bodies: list[bytes] = field(default_factory=list)
+    _contents: Counter[str] = field(default_factory=Counter)
 
-    def announced(self) -> list[bytes]:
-        """The message bytes announced so far (one entry per pointer)."""
+    def announced(self) -> Counter[str]:
+        """How many pointers name an object with each content (:func:`content_id`)."""
         aws = self.hostile.aws
-        stored = set(aws.keys())
-        for pointer in _drain(aws):
-            self.pointers.append(pointer)
-            key = str(pointer.get("key"))
-            if key in stored:
-                self._bodies.append(aws.get_object(key))
-        return list(self._bodies)
+        new = self.tap.take()
+        if new:
+            etags = _etags(aws)
+            for pointer in new:
+                self.pointers.append(pointer)
+                key = str(pointer.get("key"))
+                etag = etags.get(key)
+                if etag is None:
+                    continue  # names no object
+                if "-" in etag:  # multipart: its ETag is not the MD5 of its bytes
+                    etag = content_id(aws.get_object(key))
+                self._contents[etag] += 1
+        return Counter(self._contents)
 
     def missing(self, mail: list[FakeMessage]) -> list[str]:
         """Messages whose exact bytes no pointer names (UIDLs)."""
-        announced = set(self.announced())
-        return [repr(m.uidl) for m in mail if m.body not in announced]
+        announced = self.announced()
+        return [repr(m.uidl) for m in mail if not announced[content_id(m.body)]]
 
     def lost(self, mail: list[FakeMessage], *servers: FakePop3Server) -> list[str]:
         """Messages neither announced nor still offered by the server (UIDLs)."""
-        announced = set(self.announced())
-        offered = [m for server in servers for m in server.messages]
-        return [
-            repr(m.uidl)
-            for m in mail
-            if m.body not in announced and not any(m is o for o in offered)
-        ]
+        offered = {id(m) for server in servers for m in server.messages}
+        return self.missing([m for m in mail if id(m) not in offered])
 
 
-def _drain(aws: AwsResources) -> list[dict[str, Any]]:
-    """Every pointer on the queue, removed in batches (one by one is slow in moto)."""
-    pointers: list[dict[str, Any]] = []
-    while True:
-        response = aws.sqs.receive_message(
-            QueueUrl=aws.queue_url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=0,
-            VisibilityTimeout=300,  # never the same message twice while draining
-        )
-        received = response.get("Messages", [])
-        if not received:
-            return pointers
-        pointers += [json.loads(m["Body"]) for m in received]
-        aws.sqs.delete_message_batch(
-            QueueUrl=aws.queue_url,
-            Entries=[
-                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(received)
-            ],
-        )
+def _etags(aws: AwsResources) -> dict[str, str]:
+    paginator = aws.s3.get_paginator("list_objects_v2")
+    return {
+        obj["Key"]: obj["ETag"].strip('"')
+        for page in paginator.paginate(Bucket=aws.bucket)
+        for obj in page.get("Contents", [])
+    }
 
 
 def big_message(i: int, size: int) -> bytes:

@@ -14,7 +14,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO, Any, cast
+from typing import Any, cast
 
 from botocore.exceptions import ClientError
 from tests.simulation.models import ModelBucket, ModelFault, ModelQueue, World
@@ -61,18 +61,19 @@ class StoreAdapter:
     def put_file(
         self,
         key: str,
-        body: IO[bytes],
+        path: str,
         sha256_hex: str,
         metadata: dict[str, str],
         cancelled: Callable[[], bool],
     ) -> bool:
         """A big message from a spool file: a multipart upload the caller can give up."""
-        try:
-            return self._bucket.put_stream(
-                key, body.read, {**metadata, "sha256": sha256_hex}, cancelled
-            )
-        except ModelFault as exc:
-            raise StoreError(str(exc)) from exc
+        with open(path, "rb") as body:
+            try:
+                return self._bucket.put_stream(
+                    key, body.read, {**metadata, "sha256": sha256_hex}, cancelled
+                )
+            except ModelFault as exc:
+                raise StoreError(str(exc)) from exc
 
     def put_stream(self, key: str, body: Readable, metadata: dict[str, str]) -> bool:
         """The streamed upload of the core before issue 8 (no digest known up front)."""

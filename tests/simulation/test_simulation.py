@@ -19,6 +19,7 @@ import base64
 import math
 import os
 from collections import Counter
+from dataclasses import dataclass
 from typing import Literal
 
 from hypothesis import event, settings, target
@@ -108,27 +109,46 @@ _SUBJECTS = st.one_of(
 )
 
 
+@dataclass(frozen=True)
+class Letter:
+    """A message as delivered, kept as its recipe so failing examples print short."""
+
+    subject: bytes
+    body: tuple[bytes, ...]
+    size: Literal["small", "streamed", "long line", "oversized"] = "small"
+    final_crlf: bool = True
+    status_first_line: bool = False
+
+    @property
+    def content(self) -> bytes:
+        lines: list[bytes] = []
+        if self.status_first_line:
+            lines.append(b"+OK this first line looks like a status line")
+        lines += [b"From: sim@example.test", b"Subject: " + self.subject, b"", *self.body]
+        if self.size == "streamed":
+            lines += [b"s" * 70] * 80  # above the core's streaming threshold
+        elif self.size == "long line":
+            lines.append(b"L" * 70_000)  # longer than a socket read, and than poplib's limit
+        elif self.size == "oversized":
+            lines += [b"o" * 998] * (MAX_MESSAGE_SIZE // 1000 + 5)
+        content = b"\r\n".join(lines)
+        return content + b"\r\n" if self.final_crlf else content
+
+
 @st.composite
-def message_contents(draw: st.DrawFn) -> bytes:
-    """A message as delivered: headers (some junk), tricky lines, maybe long or big,
-    maybe without a final CRLF, rarely starting with what looks like a status line."""
-    lines: list[bytes] = []
-    if "status_first_line" not in DISABLED and draw(st.integers(0, 19)) == 0:
-        lines.append(b"+OK this first line looks like a status line")
+def letters(draw: st.DrawFn) -> Letter:
+    """Headers (some junk), tricky lines, maybe long or big, maybe without a final
+    CRLF, rarely starting with what looks like a status line."""
     subject = draw(_SUBJECTS)
     if "bad_sqs_chars" in DISABLED:
         subject = bytes(c for c in subject if c >= 0x20 and c != 0x7F).replace(b"=?", b"")
-    lines += [b"From: sim@example.test", b"Subject: " + subject, b""]
-    lines += draw(st.lists(st.one_of(_TRICKY_LINES, _LINE_BYTES), max_size=8))
-    size = draw(st.sampled_from(["small"] * 6 + ["streamed", "long line", "oversized"]))
-    if size == "streamed":
-        lines += [b"s" * 70] * 80  # above the core's streaming threshold
-    elif size == "long line":
-        lines.append(b"L" * 70_000)  # longer than a socket read, and than poplib's limit
-    elif size == "oversized":
-        lines += [b"o" * 998] * (MAX_MESSAGE_SIZE // 1000 + 5)
-    content = b"\r\n".join(lines)
-    return content + b"\r\n" if draw(st.booleans()) else content
+    return Letter(
+        subject=subject,
+        body=tuple(draw(st.lists(st.one_of(_TRICKY_LINES, _LINE_BYTES), max_size=8))),
+        size=draw(st.sampled_from(["small"] * 6 + ["streamed", "long line", "oversized"])),
+        final_crlf=draw(st.booleans()),
+        status_first_line="status_first_line" not in DISABLED and draw(st.integers(0, 19)) == 0,
+    )
 
 
 UidlChoice = Literal["fresh", "reuse same size", "reuse other size", "redelivered", "duplicate"]
@@ -204,13 +224,14 @@ class IngestSimulation(RuleBasedStateMachine):
     # -- mail arrives -----------------------------------------------------------------
 
     @rule(
-        content=message_contents(),
+        letter=letters(),
         choice=st.sampled_from(
             ["fresh"] * 4 + ["reuse same size", "reuse other size", "redelivered", "duplicate"]
         ),
         pick=st.integers(0, 1000),
     )
-    def deliver(self, content: bytes, choice: UidlChoice, pick: int) -> None:
+    def deliver(self, letter: Letter, choice: UidlChoice, pick: int) -> None:
+        content = letter.content
         ident = self.next_ident
         self.next_ident += 1
         uidl = f"u{ident}"

@@ -674,7 +674,6 @@ class _SessionRun:
                 if shared_skip[key] > 0:
                     shared_skip[key] -= 1  # taken earlier in this run
                     continue
-                run.shared_taken[key] += 1
                 if self._too_big(message):
                     blocking.append(message)
                     continue
@@ -773,8 +772,11 @@ class _SessionRun:
             ):
                 break  # wait for answers and uploads to free memory
             self.to_fetch.popleft()
+            # Taken: later sessions of this run do not take it again.
             if message.unique:
                 self.run_.handled.add(message.uidl)
+            else:
+                self.run_.shared_taken[failure_key(message)] += 1
             commands.append(f"RETR {message.number}")
             self.outstanding.append(("RETR", message))
             self.sent_retr += 1

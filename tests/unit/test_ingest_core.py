@@ -393,3 +393,11 @@ def test_sessions_are_committed_after_a_time_limit() -> None:
     summary, _, _ = run(mailbox, commit_every_seconds=0.0)
     assert summary.sessions >= 2
     assert summary.deleted == 5
+
+
+def test_messages_sharing_a_uidl_are_all_reached_across_committed_sessions() -> None:
+    mailbox = SharedUidlListing({f"m{i}": msg(i) for i in range(7)})
+    queue = FakeQueue()
+    summary, _, _ = run(mailbox, queue=queue, delete=False, commit_every_messages=2)
+    assert len({p["sha256"] for p in queue.sent}) == 7
+    assert summary.sessions >= 4

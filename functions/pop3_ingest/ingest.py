@@ -317,6 +317,10 @@ class MailboxIngest:
         self.shared_taken: Counter[str] = Counter()
         self.queue_failures = 0
         self.taken = 0
+        # Quarantined by this run, and given their one more try by this run:
+        # a blocked window is retried once per run, never in a loop.
+        self.quarantined_now: set[str] = set()
+        self.retried: set[str] = set()
         # Set at the hard cut-off: running uploads give up.
         self.cancelled = threading.Event()
 
@@ -424,7 +428,16 @@ class MailboxIngest:
         if not poison:
             return
         key = failure_key(message)
+        held = self.state.quarantined.get(key)
+        if held is not None:
+            # A quarantined message tried again (a blocked window) and failed
+            # again: it stays quarantined, with its count brought up to date.
+            held.count += 1
+            held.error = reason[:500]
+            held.last_at = time.time()
+            return
         if self.state.record_failure(key, reason, self.options.poison_threshold, time.time()):
+            self.quarantined_now.add(key)
             summary.quarantined += 1
             failure = self.state.quarantined[key]
             logger.error(
@@ -722,7 +735,17 @@ class _SessionRun:
         for ever (the provider offers the same window each time). So its messages
         are taken anyway, once per run: oversized ones up to the spool budget,
         quarantined ones for one more try. Stored, they leave the window."""
-        taken = [m for m in blocking if m.size <= self.opts.spool_budget]
+        run = self.run_
+        taken = [
+            m
+            for m in blocking
+            if m.size <= self.opts.spool_budget
+            and failure_key(m) not in run.quarantined_now
+            and failure_key(m) not in run.retried
+        ]
+        run.retried.update(failure_key(m) for m in taken)
+        if not taken:
+            return
         logger.warning(
             "every message of a capped listing is skipped; taking them anyway so the "
             "mail behind them is reached",

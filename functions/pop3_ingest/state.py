@@ -19,7 +19,6 @@ import copy
 import json
 import math
 import re
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
@@ -230,10 +229,6 @@ def _apply_changes(base: Mapping[str, V], mine: Mapping[str, V], target: dict[st
     for key, value in mine.items():
         if base.get(key, _ABSENT) != value:
             target[key] = copy.deepcopy(value)
-
-
-def now() -> float:
-    return time.time()
 
 
 # -- validation ------------------------------------------------------------------

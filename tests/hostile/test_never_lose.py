@@ -55,6 +55,7 @@ def test_gmail_session_never_quits_with_unconfirmed_mail_at_the_deadline(
     # THEN every message is announced or still offered
     hostile.check(run.outcome)
     assert ledger.lost(mail, fake) == [], "retrieved in a session that ended with QUIT"
+    assert run.remaining_ms > 0, "returned after the Lambda deadline"
     # ... and once AWS is healthy again, later runs bring every message in.
     slow_aws.thaw()
     for _ in range(3):
@@ -89,6 +90,7 @@ def test_gmail_streamed_message_stored_just_at_the_deadline_is_not_hidden(
     # THEN the streamed message is announced or still offered, like every other
     hostile.check(run.outcome)
     assert ledger.lost(mail, fake) == []
+    assert run.remaining_ms > 0, "returned after the Lambda deadline"
     slow_aws.thaw()
     for _ in range(3):
         hostile.check(invoke(hostile, slow_aws).outcome)

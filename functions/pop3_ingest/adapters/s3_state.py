@@ -136,10 +136,6 @@ class S3StateStore:
         except StateDamaged as exc:
             return self._set_aside(mailbox, etag, exc)
 
-    def load(self, mailbox: str) -> MailboxState:
-        """A working copy of the stored state, for callers that only read."""
-        return self.read(mailbox).state.copy()
-
     def _set_aside(self, mailbox: str, etag: str, damage: StateDamaged) -> Snapshot:
         key = self.state_key(mailbox)
         aside = self.damaged_key(mailbox, datetime.now(UTC))

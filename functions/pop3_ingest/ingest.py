@@ -279,6 +279,8 @@ def is_sha256(value: object) -> bool:
 # After this many pointer batches in a row fail, the queue is down, not a message.
 _QUEUE_FAILURE_LIMIT = 2
 _BATCH_WAIT_SECONDS = 0.05
+# The longest a blocked loop waits before it looks at the deadline again.
+_POLL_SECONDS = 0.05
 _FAILURES_KEPT = 20
 # At the cut-off, how long abandoned uploads get to abort their multipart uploads.
 _ABORT_GRACE_SECONDS = 3.0
@@ -641,11 +643,16 @@ class _SessionRun:
         self.line_up = False
         self.run_.cancelled.set()
         running = [upload for upload in self.uploads if not upload.cancel()]
-        if running:
-            # Cancelled uploads abort their multipart uploads in their own
-            # thread: give them a moment, never more than the time left.
-            grace = min(_ABORT_GRACE_SECONDS, self.deadline.remaining_ms() / 1000 / 4)
-            wait(running, timeout=max(0.0, grace))
+        # Cancelled uploads abort their multipart uploads in their own thread:
+        # give them a moment, while more than a quarter of the margin is left
+        # (on the deadline's own clock) for saving the state.
+        started = time.monotonic()
+        while (
+            running
+            and time.monotonic() - started < _ABORT_GRACE_SECONDS
+            and self.deadline.remaining_ms() / 1000 > self.deadline.margin_seconds / 4
+        ):
+            running = list(wait(running, timeout=_POLL_SECONDS).not_done)
         for upload, download in list(self.uploads.items()):
             self.uploads.pop(upload)
             self._release(download)
@@ -723,10 +730,11 @@ class _SessionRun:
             self.to_fetch.append(message)
         if not self.to_fetch and blocking and self.listed >= opts.capped_listing:
             self._unblock_window(blocking)
-        if self.prove and opts.delete:
+        if self.prove and opts.delete and not self.mailbox.login_delay:
             # Deletions proven first, in a short session of their own that
             # QUITs before new mail is taken: if the rest of the run is cut
             # off, they are committed all the same, so every run progresses.
+            # (A server asking for a LOGIN-DELAY gets one session for all.)
             self.to_fetch = deque(m for m in self.to_fetch if m.uidl in self.prove and m.unique)
             self.outcome.commit_and_continue = True
 
@@ -1011,9 +1019,8 @@ class _SessionRun:
     def _harvest(self, *, block: bool) -> None:
         if not (self.uploads or self.announces):
             return
-        timeout = max(0.01, min(self.deadline.seconds_to_cutoff(), 1.0))
-        if self.ready:
-            timeout = min(timeout, _BATCH_WAIT_SECONDS)
+        # Short waits: the loop checks the deadline (on its own clock) between them.
+        timeout = _BATCH_WAIT_SECONDS if self.ready else _POLL_SECONDS
         # Completions arrive on a queue (done callbacks): cheaper than
         # futures.wait() over every pending future on each turn of the loop.
         done: list[Future[Any]] = []

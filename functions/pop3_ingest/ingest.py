@@ -163,6 +163,9 @@ class StopReason(StrEnum):
     # Work is left that needs another login, and the server asked for a pause
     # between logins (RFC 2449 LOGIN-DELAY): the next run does it.
     LOGIN_DELAY = "login_delay"
+    # Session after session had to end without QUIT (messages that fail to be
+    # stored or announced): the run stops rather than log in again and again.
+    REPEATED_FAILURES = "repeated_failures"
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,8 @@ def is_sha256(value: object) -> bool:
 
 # -- the run -------------------------------------------------------------------
 
+# After this many sessions in a row end without QUIT, the run stops.
+_ABANDONED_SESSIONS_LIMIT = 3
 # After this many pointer batches in a row fail, the queue is down, not a message.
 _QUEUE_FAILURE_LIMIT = 2
 _BATCH_WAIT_SECONDS = 0.05
@@ -336,6 +341,7 @@ class MailboxIngest:
         announce_pool = ThreadPoolExecutor(
             max_workers=self.options.upload_workers, thread_name_prefix="announce"
         )
+        abandoned_in_a_row = 0
         try:
             while True:
                 outcome = self._one_session(upload_pool, announce_pool, first)
@@ -344,6 +350,14 @@ class MailboxIngest:
                 first = False
                 if outcome.stop is not None:
                     summary.stopped = outcome.stop
+                    return summary
+                abandoned_in_a_row = 0 if outcome.may_quit else abandoned_in_a_row + 1
+                if abandoned_in_a_row >= _ABANDONED_SESSIONS_LIMIT:
+                    logger.warning(
+                        "sessions keep ending without QUIT; the rest waits for the next run",
+                        extra={"sessions": abandoned_in_a_row},
+                    )
+                    summary.stopped = StopReason.REPEATED_FAILURES
                     return summary
                 if not (outcome.commit_and_continue or outcome.look_for_more):
                     return summary

@@ -19,7 +19,7 @@ from pop3_ingest.pop3 import ServerMessage
 from pop3_ingest.state import Deleted, MailboxState, Seen
 
 from .fakes import FakeMailbox, FakeQueue, FakeStore, FakeStream
-from .test_ingest_core import msg, run
+from .test_ingest_core import mailbox_of, msg, run
 
 
 def sha(data: bytes) -> str:
@@ -312,3 +312,12 @@ def test_memory_budget_counts_bytes_held_not_listed_sizes() -> None:
     # At most the budget plus the one message being read (and one per worker
     # that has taken its message but not yet written it).
     assert store.peak_unstored * size <= budget + 3 * size
+
+
+def test_a_failing_store_does_not_make_the_run_log_in_again_and_again() -> None:
+    mailbox = mailbox_of(200, pipelining=False)
+    store = FakeStore(fail_when_containing={b"body"})
+    summary, _, _ = run(mailbox, store)
+    assert summary.stopped is StopReason.REPEATED_FAILURES
+    assert summary.sessions <= 3
+    assert len(mailbox.messages) == 200

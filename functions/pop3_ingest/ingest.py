@@ -248,7 +248,7 @@ class RunSummary:
     oversized: int = 0
     quarantined: int = 0  # newly quarantined in this run
     in_quarantine: int = 0  # on the server and skipped because quarantined
-    reappeared: int = 0  # deleted before, listed again (same UIDL and size): not announced again
+    reappeared: int = 0  # deleted before, listed again, proven the same by digest: not re-announced
     redeleted: int = 0  # announced before, proven by digest and deleted without a new pointer
     unlisted: int = 0  # listing entries that cannot be fetched safely: left on the server
     bytes_stored: int = 0
@@ -532,6 +532,8 @@ class _SessionRun:
         self.dele_digests: dict[int, str] = {}
         # UIDL -> the digest of the object stored and announced for it before.
         self.prove: dict[str, str] = {}
+        # Of those, the UIDLs whose deletion was committed before (reappearing).
+        self.reappearing: set[str] = set()
         self.uploads: dict[Future[_Stored], _Download] = {}
         self.announces: dict[Future[set[int]], list[_Stored]] = {}
         self.ready: list[_Stored] = []
@@ -718,9 +720,15 @@ class _SessionRun:
             gone = state.deleted.get(digest)
             if gone is not None and gone.size == message.size:
                 # Its deletion was committed before, yet here it is (servers
-                # that ignore DELE): never announce it twice. Another size is
-                # another message under a reused UIDL.
-                self.summary.reappeared += self.first
+                # that ignore DELE, or a reused UIDL): downloaded once per run
+                # and hashed, it is the same message (not announced twice, and
+                # deleted again on that proof) or new mail. Another size is
+                # new mail outright.
+                if message.uidl not in run.reproved:
+                    run.reproved.add(message.uidl)
+                    self.prove[message.uidl] = gone.sha256
+                    self.reappearing.add(message.uidl)
+                    self.to_fetch.append(message)
                 continue
             seen = state.seen.get(digest)
             if seen is not None and seen.size != message.size:
@@ -896,6 +904,7 @@ class _SessionRun:
                 return
             logger.warning("UIDL reused for other content; treating it as a new message")
             self.run_.state.seen.pop(uidl_digest(message.uidl), None)
+            self.reappearing.discard(message.uidl)
         if not message.unique and download.sha256 in self.run_.state.seen_content:
             # Announced before under its content digest (no unique UIDL).
             self.run_.state.seen_content[download.sha256] = time.time()
@@ -971,8 +980,11 @@ class _SessionRun:
         self._release(download)
         self.confirmed.add(message.number)
         self.run_.state.record_success(failure_key(message))
-        if self.opts.delete:
+        if message.uidl in self.reappearing:
+            self.summary.reappeared += 1
+        elif self.opts.delete:
             self.summary.redeleted += 1
+        if self.opts.delete:
             self.to_delete.append((message, download.sha256))
 
     def _release(self, download: _Download) -> None:

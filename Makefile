@@ -40,6 +40,7 @@ help:
 	make security     bandit on functions/ + vulnerability scan of requirements.lock
 	make lock         re-pin requirements.lock from pyproject.toml (uv)
 	make unit         pytest tests/unit
+	make simulate     the long simulation search (10,000 examples; SIM_MAX_EXAMPLES=N to resize)
 	make demo         deps + scripts/demo.py
 	make fmt          ruff --fix + ruff format
 	make clean        remove build and tool caches (distclean also removes $(VENV))

@@ -20,6 +20,6 @@ _COMMON = settings(
 )
 
 settings.register_profile(
-    "sim-fast", parent=_COMMON, max_examples=40, stateful_step_count=20, derandomize=True
+    "sim-fast", parent=_COMMON, max_examples=120, stateful_step_count=20, derandomize=True
 )
 settings.register_profile("simulate", parent=_COMMON, max_examples=10_000, stateful_step_count=50)

@@ -280,7 +280,7 @@ def is_sha256(value: object) -> bool:
 # -- the run -------------------------------------------------------------------
 
 # After this many sessions in a row end without QUIT, the run stops.
-_ABANDONED_SESSIONS_LIMIT = 3
+ABANDONED_SESSIONS_LIMIT = 3
 # After this many pointer batches in a row fail, the queue is down, not a message.
 _QUEUE_FAILURE_LIMIT = 2
 _BATCH_WAIT_SECONDS = 0.05
@@ -352,7 +352,7 @@ class MailboxIngest:
                     summary.stopped = outcome.stop
                     return summary
                 abandoned_in_a_row = 0 if outcome.may_quit else abandoned_in_a_row + 1
-                if abandoned_in_a_row >= _ABANDONED_SESSIONS_LIMIT:
+                if abandoned_in_a_row >= ABANDONED_SESSIONS_LIMIT:
                     logger.warning(
                         "sessions keep ending without QUIT; the rest waits for the next run",
                         extra={"sessions": abandoned_in_a_row},
@@ -551,6 +551,8 @@ class _SessionRun:
         self.started = time.monotonic()
         self.fetching = True
         self.line_up = True  # False once the connection is lost or dropped
+        # The line broke while a message was being read (counted against it).
+        self.lost_on_a_message = False
         self.no_quit_reason = ""
 
     # -- driver ---------------------------------------------------------------
@@ -564,7 +566,10 @@ class _SessionRun:
                 "connection lost; no deletion of this session counts", extra={"error": str(exc)}
             )
             self.line_up = False
-            self.outcome.stop = StopReason.CONNECTION_LOST
+            if not self.lost_on_a_message:
+                self.outcome.stop = StopReason.CONNECTION_LOST
+            # Else the message that broke the line was counted against it and
+            # is not taken again this run: a new session goes on behind it.
             self._lose_line()
             self._settle()
         return self._finish()
@@ -957,6 +962,7 @@ class _SessionRun:
         # Cut off by the run's own deadline is not the message's fault.
         near_cutoff = self.deadline.seconds_to_cutoff() <= _CUTOFF_SLACK_SECONDS
         self.run_.fail(message, str(exc), poison=not near_cutoff)
+        self.lost_on_a_message = not near_cutoff
 
     def _spool(self, message: ServerMessage, stream: MessageStream) -> _Download:
         reader = CapturingReader(stream)

@@ -40,6 +40,9 @@ QUEUE_URL = "https://sqs.invalid/000000000000/sim-queue"  # never contacted: the
 STREAM_THRESHOLD = 4096
 MAX_MESSAGE_SIZE = 100_000
 POISON_THRESHOLD = IngestOptions().poison_threshold
+# A run ends at most this many sessions in a row without QUIT (each a message
+# that breaks the line, counted against it); the rest waits for the next run.
+SESSIONS_BROKEN_PER_RUN = getattr(core, "ABANDONED_SESSIONS_LIMIT", 1)
 # The core's deadline margin and the POP3 read timeout, in simulated seconds.
 DEADLINE_MARGIN = 20.0
 POP3_TIMEOUT = 30.0

@@ -37,6 +37,7 @@ from tests.simulation.harness import (
     DEADLINE_MARGIN,
     MAX_MESSAGE_SIZE,
     POISON_THRESHOLD,
+    SESSIONS_BROKEN_PER_RUN,
     CoreHarness,
     CoreSettings,
     RunRecord,
@@ -363,13 +364,15 @@ class IngestSimulation(RuleBasedStateMachine):
         """Faults stop; within a bounded number of runs, nothing is left stranded.
 
         A capped listing offers ``cap`` messages a run; a message that keeps failing
-        is quarantined after POISON_THRESHOLD runs; so each window of the mailbox
-        takes at most POISON_THRESHOLD + 1 runs to clear.
+        is quarantined after POISON_THRESHOLD runs; a run goes past at most
+        SESSIONS_BROKEN_PER_RUN messages that break the line. So the bound is
+        POISON_THRESHOLD + 1 runs per window and per such group of messages.
         """
         self._clear_faults()
         present = len(self.srv.present())
         window = self.rules_.cap or max(present, 1)
-        runs = (POISON_THRESHOLD + 1) * (math.ceil(present / window) + 1)
+        groups = math.ceil(present / window) + math.ceil(present / SESSIONS_BROKEN_PER_RUN)
+        runs = (POISON_THRESHOLD + 1) * (groups + 1)
         for _ in range(runs):
             self._run(ROOMY_BUDGET)
         self.changed_since_heal = False

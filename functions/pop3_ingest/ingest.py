@@ -683,6 +683,13 @@ class _SessionRun:
     def _lose_line(self) -> None:
         self.fetching = False
         self.to_delete.clear()
+        run = self.run_
+        for kind, message in self.outstanding:
+            if kind == "RETR":  # never read: a later session takes it after all
+                if message.unique:
+                    run.handled.discard(message.uidl)
+                else:
+                    run.shared_taken[failure_key(message)] -= 1
         self.outstanding.clear()
 
     # -- planning ---------------------------------------------------------------

@@ -26,6 +26,11 @@ from pop3_ingest.errors import Pop3IngestError
 
 __all__ = ["HostileHarness", "Outcome", "hostile", "messages", "output"]
 
+# A line broken while a message is read counts against that message, and a new
+# session goes on behind it; breaking again and again ends the run after a few
+# sessions ("repeated_failures"). Either way that session committed nothing.
+AFTER_A_BROKEN_MESSAGE = ("completed", "repeated_failures")
+
 MAILBOX = "hostile"
 PASSWORD = "fake-pw-Qx7!vZ"
 

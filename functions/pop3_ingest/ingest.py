@@ -96,7 +96,10 @@ class Mailbox(Protocol):
 
     def send_commands(self, commands: list[str]) -> None: ...
 
-    def read_retr(self, message: ServerMessage) -> MessageStream: ...
+    def read_retr(self, message: ServerMessage, *, exact_size: bool = False) -> MessageStream:
+        """``exact_size``: a first line like a status line is mail, if exactly the
+        LIST size arrives (for messages retried alone)."""
+        ...
 
     def read_dele(self, message: ServerMessage) -> None: ...
 
@@ -528,6 +531,8 @@ class _SessionRun:
         self.outstanding: deque[tuple[_Command, ServerMessage]] = deque()
         self.to_fetch: deque[ServerMessage] = deque()
         self.to_delete: deque[tuple[ServerMessage, str]] = deque()
+        # Messages retried one at a time, read as mail whatever their first line.
+        self.retried_alone: set[int] = set()
         # Message number -> the digest that proved it, for each DELE in flight.
         self.dele_digests: dict[int, str] = {}
         # UIDL -> the digest of the object stored and announced for it before.
@@ -788,6 +793,10 @@ class _SessionRun:
         run.retried.update(failure_key(m) for m in taken)
         if not taken:
             return
+        # One command at a time, so a first line that reads like a status line
+        # can be told from an answer out of step by its exact size.
+        self.window = 1
+        self.retried_alone.update(m.number for m in taken)
         logger.warning(
             "every message of a capped listing is skipped; taking them anyway so the "
             "mail behind them is reached",
@@ -930,7 +939,8 @@ class _SessionRun:
         """RETR's answer, hashed; None when the server refused it. Any failure
         while reading counts against the message, whatever it was."""
         try:
-            stream = self.mailbox.read_retr(message)
+            alone = message.number in self.retried_alone
+            stream = self.mailbox.read_retr(message, exact_size=alone)
         except ProtocolError as exc:  # -ERR: nothing was retrieved
             self.run_.fail(message, str(exc))
             return None

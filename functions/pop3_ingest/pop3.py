@@ -420,10 +420,14 @@ class RetrStream:
         source: PeekableSource,
         max_bytes: int,
         on_finish: Callable[[bool], None],
+        *,
+        exact: bool = False,
     ) -> None:
         self._source = source
         self._max_bytes = max_bytes
         self._on_finish = on_finish
+        # Exactly max_bytes must arrive (see Pop3Mailbox.read_retr).
+        self._exact = exact
         self._pending = bytearray()
         self._carry = bytearray()  # a line whose end has not arrived yet
         self._at_line_start = True
@@ -487,6 +491,11 @@ class RetrStream:
             return
         self._consume(after - carried)
         self._emit(lines[:end], self._at_line_start)
+        if self._exact and self.bytes_out != self._max_bytes:
+            self._fail()
+            raise SessionOutOfStep(
+                f"message of {self.bytes_out} bytes where exactly {self._max_bytes} were listed"
+            )
         self._done = True
         self._on_finish(True)
 
@@ -838,11 +847,16 @@ class Pop3Mailbox:
         with self._step(client, "sending commands"):
             client.sock.sendall(data)
 
-    def read_retr(self, message: ServerMessage) -> RetrStream:
+    def read_retr(self, message: ServerMessage, *, exact_size: bool = False) -> RetrStream:
         """Read the answer to ``RETR``; the caller reads the stream to its end (or drains it).
 
         The whole message must arrive within
         max(POP3_TIMEOUT_SECONDS, LIST size / MIN_TRANSFER_BYTES_PER_SECOND).
+
+        A message whose first line reads like a status line is taken for an
+        answer out of step, unless ``exact_size``: then it is read as mail,
+        and the stream fails (out of step after all) unless exactly the LIST
+        size arrives, which an answer out of step would not match.
         """
         client = self._require_client()
         what = f"RETR {message.number}"
@@ -856,6 +870,8 @@ class Pop3Mailbox:
         reader = client.reader()
         with self._step(client, what):
             head = reader.peek(8)[:8]
+        if exact_size:
+            return RetrStream(reader, message.size, self._retr_finished, exact=True)
         if STATUS_LINE.match(head):
             # An answer too many came before (a stray line, or answers out of
             # order): this "message" would be the next answer. Stop here.

@@ -115,7 +115,7 @@ class FakeMailbox:
         self.log.append(f"{verb} {uidl}")
         return uidl
 
-    def read_retr(self, message: ServerMessage) -> FakeStream:
+    def read_retr(self, message: ServerMessage, *, exact_size: bool = False) -> FakeStream:
         uidl = self._next("RETR", message)
         if uidl in self.refuse_retr:
             raise ProtocolError("-ERR no such message")

@@ -43,8 +43,8 @@ class GmailMailbox(FakeMailbox):
         self._retrieved = set()
         return super().__enter__()
 
-    def read_retr(self, message: ServerMessage) -> FakeStream:
-        stream = super().read_retr(message)
+    def read_retr(self, message: ServerMessage, *, exact_size: bool = False) -> FakeStream:
+        stream = super().read_retr(message, exact_size=exact_size)
         self._retrieved.add(self._numbers[message.number])
         return stream
 
@@ -175,14 +175,17 @@ def test_a_big_message_reusing_a_uidl_with_the_same_size_gets_its_own_object() -
 
 
 class StatusLineMessage(FakeMailbox):
-    """One message whose first line reads like a status line: out of step."""
+    """Messages whose first line reads like a status line: out of step, unless
+    read alone with an exact size."""
 
-    def read_retr(self, message: ServerMessage) -> FakeStream:
-        if self._numbers.get(message.number) == "bad":
+    bad_uidls: set[str] = {"bad"}  # noqa: RUF012  # a test's own constant
+
+    def read_retr(self, message: ServerMessage, *, exact_size: bool = False) -> FakeStream:
+        if self._numbers.get(message.number) in self.bad_uidls and not exact_size:
             self._next("RETR", message)
             self._broken = True
             raise SessionOutOfStep("RETR: the message starts with a status line")
-        return super().read_retr(message)
+        return super().read_retr(message, exact_size=exact_size)
 
 
 def test_a_message_that_always_breaks_the_session_is_quarantined_and_the_rest_flows() -> None:
@@ -216,6 +219,21 @@ class CappedListing(FakeMailbox):
         listing = super().list_messages()[: self.cap]
         self._numbers = {m.number: m.uidl for m in listing}
         return listing
+
+
+def test_a_capped_window_of_status_like_messages_is_read_alone_and_passed() -> None:
+    class StatusLikeWindow(CappedListing, StatusLineMessage):
+        pass
+
+    odd = {f"bad{i}": b"+OK I am mail\r\n" + bytes([65 + i]) for i in range(3)}
+    mailbox = StatusLikeWindow(odd | {"after": msg(1)}, pipelining=False)
+    mailbox.bad_uidls = set(odd)
+    queue = FakeQueue()
+    state = MailboxState()
+    for _ in range(12):
+        run(mailbox, queue=queue, state=state, capped_listing=3)
+    assert mailbox.messages == {}
+    assert {p["uidl"] for p in queue.sent} == {*odd, "after"}
 
 
 def test_a_capped_window_of_oversized_messages_does_not_hide_the_mail_behind_it() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pop3_ingest.errors import ConnectionLost, MessageTooLarge
+from pop3_ingest.errors import ConnectionLost, MessageTooLarge, SessionOutOfStep
 from pop3_ingest.pop3 import RetrStream, allowed_size, response_code
 
 
@@ -152,3 +152,24 @@ def test_decoding_round_trips_any_message(
     assert out == message
     assert s.finished
     assert source.read() == b"+OK next\r\n"
+
+
+def test_an_exact_size_stream_takes_a_status_like_first_line_as_mail() -> None:
+    message = b"+OK this line is mail\r\nbody\r\n"
+    s = RetrStream(buffered(message + b".\r\n"), len(message), lambda ok: None, exact=True)
+    assert s.read_all() == message
+
+
+@pytest.mark.parametrize("listed_delta", [-1, 1, 40])
+def test_an_exact_size_stream_that_differs_from_its_listing_is_out_of_step(
+    listed_delta: int,
+) -> None:
+    # What an answer out of step would look like: another message's bytes.
+    message = b"+OK 3 octets\r\nnot the message listed\r\n"
+    outcomes: list[bool] = []
+    s = RetrStream(
+        buffered(message + b".\r\n"), len(message) + listed_delta, outcomes.append, exact=True
+    )
+    with pytest.raises((SessionOutOfStep, MessageTooLarge)):
+        s.read_all()
+    assert outcomes == [False]

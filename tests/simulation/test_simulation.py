@@ -315,6 +315,14 @@ class IngestSimulation(RuleBasedStateMachine):
         self.srv.faults.lost_quit_answers = sessions
         self.changed_since_heal = True
 
+    @rule()
+    def legacy_objects(self) -> None:
+        """Objects written by an older version carry no SHA-256: they must never
+        count as proof that a message is stored."""
+        for blob in self.bucket.objects.values():
+            blob.metadata.pop("sha256", None)
+        event("objects without a recorded digest")
+
     @rule(sessions=st.integers(1, 2))
     def busy_logins(self, sessions: int) -> None:
         self.srv.faults.busy_sessions = sessions

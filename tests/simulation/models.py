@@ -529,8 +529,12 @@ class _Session:
         offered = self.server.offered()
         uidls = [m.uidl for m in offered]
         if self.faults.unstable_uidls and len(uidls) > 1:
-            rng = random.Random(self.faults.salt * 1000 + self.number)
-            rng.shuffle(uidls)
+            # A rotation by a drawn offset: every UIDL moves to another message
+            # (a plain shuffle often leaves small listings as they were).
+            shift = 1 + random.Random(self.faults.salt * 1000 + self.number).randrange(
+                len(uidls) - 1
+            )
+            uidls = uidls[shift:] + uidls[:shift]
             self.server.fired["UIDLs permuted for a session"] += 1
         for message, uidl in zip(offered, uidls, strict=True):
             self.listed.append((message, uidl, _listed_size(message.size, self.faults)))

@@ -358,6 +358,13 @@ class IngestSimulation(RuleBasedStateMachine):
         """One invocation, its deadline ``extra`` simulated seconds past the core's margin."""
         self._run(DEADLINE_MARGIN + extra)
 
+    @rule(extra=st.sampled_from([1.0, 5.0]), which=st.sampled_from(["s3", "sqs"]))
+    def run_into_a_hanging_call(self, extra: float, which: Literal["s3", "sqs"]) -> None:
+        """A run whose deadline falls while AWS calls hang (40 simulated s each):
+        the run must still return in time (hole 6)."""
+        self.aws_latency(which=which, before=40.0, switch_after=0, after=40.0)
+        self._run(DEADLINE_MARGIN + extra)
+
     def _run(self, budget: float) -> RunRecord:
         fired_before = self._fired()
         record = self.core.run(budget)

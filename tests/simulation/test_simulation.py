@@ -335,6 +335,14 @@ class IngestSimulation(RuleBasedStateMachine):
         self.srv.faults.salt = salt
         self.changed_since_heal = True
 
+    @precondition(lambda self: "unstable_uidls" not in DISABLED)
+    @rule(salt=st.integers(0, 100))
+    def lost_commit_then_unstable_uidls(self, salt: int) -> None:
+        """The dangerous pair (hole 3): a session's QUIT answer is lost after it
+        committed, and the next sessions name other messages by those UIDLs."""
+        self.lose_quit_answers(sessions=1)
+        self.unstable_uidls(salt=salt)
+
     @rule(mode=st.sampled_from(["zero", "smaller", "larger"]))
     def lying_sizes(self, mode: Literal["zero", "smaller", "larger"]) -> None:
         self.srv.faults.lying_sizes = mode

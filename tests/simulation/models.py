@@ -285,6 +285,8 @@ class ServerFaults:
     lost_quit_answers: int = 0  # sessions whose QUIT commits, then drops the line
     busy_sessions: int = 0  # logins answered -ERR [IN-USE]
     unstable_uidls: bool = False  # UIDLs permuted among the listed messages, per session
+    # UIDLs are listing positions ("1", "2", ...): the classic unstable server.
+    numbered_uidls: bool = False
     lying_sizes: Literal["truthful", "zero", "smaller", "larger"] = "truthful"
     salt: int = 0
 
@@ -294,6 +296,7 @@ class ServerFaults:
             or self.lost_quit_answers
             or self.busy_sessions
             or self.unstable_uidls
+            or self.numbered_uidls
             or self.lying_sizes != "truthful"
         )
 
@@ -528,7 +531,10 @@ class _Session:
     def _take_listing(self) -> None:
         offered = self.server.offered()
         uidls = [m.uidl for m in offered]
-        if self.faults.unstable_uidls and len(uidls) > 1:
+        if self.faults.numbered_uidls:
+            uidls = [str(n) for n in range(1, len(uidls) + 1)]
+            self.server.fired["UIDLs are message numbers"] += 1
+        elif self.faults.unstable_uidls and len(uidls) > 1:
             # A rotation by a drawn offset: every UIDL moves to another message
             # (a plain shuffle often leaves small listings as they were).
             shift = 1 + random.Random(self.faults.salt * 1000 + self.number).randrange(

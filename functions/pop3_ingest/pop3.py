@@ -797,7 +797,7 @@ class Pop3Mailbox:
             uidl_lines = None
         list_lines = self._listing(client, "LIST")
         try:
-            messages, self.skipped = parse_listing(uidl_lines, list_lines)
+            messages, self.skipped = parse_listing(uidl_lines, list_lines, client.secrets())
         except SessionOutOfStep:
             self._in_sync = False
             raise
@@ -963,7 +963,9 @@ class Pop3Mailbox:
 
 
 def parse_listing(
-    uidl_lines: list[bytes] | None, list_lines: list[bytes]
+    uidl_lines: list[bytes] | None,
+    list_lines: list[bytes],
+    secrets: tuple[bytes, ...] = (),
 ) -> tuple[list[ServerMessage], list[SkippedMessage]]:
     """Pair the UIDL and LIST listings (``uidl_lines`` None: the server has no UIDL).
 
@@ -983,8 +985,8 @@ def parse_listing(
     and 8-bit bytes are taken as they are, decoded as latin-1 so every byte
     survives). Object keys hold a digest of it, never the text itself.
     """
-    uidls, uidl_twice = _numbered(uidl_lines or [], "UIDL")
-    sizes, size_twice = _numbered(list_lines, "LIST")
+    uidls, uidl_twice = _numbered(uidl_lines or [], "UIDL", secrets)
+    sizes, size_twice = _numbered(list_lines, "LIST", secrets)
     by_uidl: dict[bytes, list[int]] = {}
     for number, rest in uidls.items():
         uidl = rest.strip(b" \t")
@@ -1014,7 +1016,9 @@ def parse_listing(
     return messages, skipped
 
 
-def _numbered(lines: list[bytes], command: str) -> tuple[dict[int, bytes], set[int]]:
+def _numbered(
+    lines: list[bytes], command: str, secrets: tuple[bytes, ...] = ()
+) -> tuple[dict[int, bytes], set[int]]:
     """``{number: rest of line}`` and the numbers that came more than once."""
     entries: dict[int, bytes] = {}
     twice: set[int] = set()
@@ -1023,7 +1027,7 @@ def _numbered(lines: list[bytes], command: str) -> tuple[dict[int, bytes], set[i
         if match is None:
             raise SessionOutOfStep(
                 f"{command} listing line {index} is not '<number> <value>': "
-                f"{printable(line, limit=80)!r}"
+                f"{printable(line, secrets, limit=80)!r}"
             )
         number = int(match.group(1))
         if number in entries:

@@ -156,3 +156,14 @@ def test_no_slice_survives_in_server_bytes(case: tuple[str, str, str], encoding:
         raw = text.encode("utf-8", "surrogatepass")
     shown = Redactor([secret]).mask(raw, 120)
     assert runs_of(secret, shown) == []
+
+
+def test_a_listing_line_out_of_step_is_masked_in_the_error() -> None:
+    from pop3_ingest.errors import SessionOutOfStep
+    from pop3_ingest.pop3 import parse_listing
+
+    secret = b"Zq9!xW2#vR7$"
+    with pytest.raises(SessionOutOfStep) as info:
+        parse_listing([b"1 fine", b"not a listing line " + secret[2:9]], [b"1 10"], (secret,))
+    assert b"9!xW2#v".decode() not in str(info.value)
+    assert "UIDL listing line 2" in str(info.value)

@@ -11,7 +11,7 @@ VENV ?= .venv
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SOURCES := functions tests scripts benchmarks
+SOURCES := functions cli tests scripts benchmarks
 
 # `sam build` needs an interpreter matching the function runtime on PATH.
 LAMBDA_PYTHON := 3.12
@@ -146,7 +146,7 @@ test: deps lint typecheck security template
 
 # Security lint of the function's code, and a vulnerability scan of the lock.
 security: venv
-	"$(BIN)/bandit" -q -r functions -c pyproject.toml
+	"$(BIN)/bandit" -q -r functions cli -c pyproject.toml
 	"$(BIN)/python" scripts/audit_dependencies.py
 
 audit: venv
@@ -168,7 +168,7 @@ fmt: venv
 	"$(BIN)/ruff" format $(SOURCES)
 
 clean:
-	rm -rf .aws-sam build .mypy_cache .ruff_cache .pytest_cache functions/*.egg-info
+	rm -rf .aws-sam build .mypy_cache .ruff_cache .pytest_cache functions/*.egg-info cli/*.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

@@ -4,7 +4,7 @@ Every contender runs as a child process of the harness, so ``os.wait4`` gives
 its own wall time, CPU time and peak RSS (``ru_maxrss`` covers the process and
 the children it reaped, e.g. getmail's delivery forks and fetchmail's MDA).
 
-- ``ours``: ``benchmarks.run_handler`` invoking ``pop3_ingest.app.lambda_handler``.
+- ``ours``: ``benchmarks.run_handler`` invoking ``pop3_ingest.handlers.fetch.lambda_handler``.
 - ``getmail6``: ``getmail`` with SimplePOP3SSLRetriever, ``delete = true``, into a
   local Maildir (destination ``user = nobody``: getmail refuses to deliver as root).
 - ``fetchmail``: implicit TLS with ``sslcertck``, ``no keep``, MDA writing into a

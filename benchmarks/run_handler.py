@@ -1,4 +1,4 @@
-"""Child process: invoke the real ``pop3_ingest.app.lambda_handler`` until the mailbox is empty.
+"""Child process: invoke the real fetch handler until the mailbox is empty.
 
 Run by the harness in its own process so its peak RSS is measured alone. The
 environment carries the function's settings (SECRET_ID, BUCKET_NAME, ...) and
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     from tests.support.lambda_context import FakeLambdaContext
 
-    from pop3_ingest.app import lambda_handler
+    from pop3_ingest.handlers.fetch import lambda_handler
 
     import_s = time.monotonic() - started
     event = scheduled_event()

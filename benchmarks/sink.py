@@ -32,7 +32,7 @@ from botocore.config import Config
 
 MIB = 1024 * 1024
 # Below this the handler sends one PutObject, above it a managed multipart upload
-# (pop3_ingest.adapters.s3_store); mirrored here, not imported, so the sink keeps
+# (pop3_ingest.integrations.s3_store); mirrored here, not imported, so the sink keeps
 # working while the core changes.
 STREAM_THRESHOLD = 8 * MIB
 

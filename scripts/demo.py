@@ -2,7 +2,7 @@
 
 Starts a private Dovecot (implicit TLS, throwaway CA) holding a few sample
 messages and a moto server standing in for S3, SQS and Secrets Manager, invokes
-``pop3_ingest.app.lambda_handler`` once with a scheduled event, prints what
+``pop3_ingest.handlers.fetch.lambda_handler`` once with a scheduled event, prints what
 landed where, and stops everything again.
 """
 
@@ -130,13 +130,13 @@ def main() -> int:
 
         try:
             # Imported only now: the module reads its environment at import time.
-            from pop3_ingest.app import lambda_handler
+            from pop3_ingest.handlers.fetch import lambda_handler
         except ImportError as exc:
-            out(f"!! cannot import pop3_ingest.app ({exc}); is the package installed?")
+            out(f"!! cannot import pop3_ingest.handlers.fetch ({exc}); is the package installed?")
             return 2
 
         event = load_event(out)
-        out("== invoking pop3_ingest.app.lambda_handler")
+        out("== invoking pop3_ingest.handlers.fetch.lambda_handler")
         try:
             summary = lambda_handler(event, FakeContext(remaining_ms=60_000))
         except Exception:

@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from pop3_ingest.errors import ConfigError, SecretError
-from pop3_ingest.oauth import OAuthSettings
+from pop3_ingest.integrations.oauth_tokens import OAuthSettings
 
 
 class TlsMode(StrEnum):

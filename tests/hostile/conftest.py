@@ -132,7 +132,7 @@ def _usable_log_stream(moto: MotoServer) -> Iterator[None]:
     When that was a capsys stream it is closed by now, and the ``output``
     fixture fails flushing it; point the handler back at the real stdout.
     """
-    from pop3_ingest.app import logger  # after `moto` has set the Powertools env
+    from pop3_ingest.handlers.fetch import logger  # after `moto` has set the Powertools env
 
     def repair() -> None:
         handler = logger.registered_handler
@@ -196,8 +196,8 @@ def small_streams(monkeypatch: pytest.MonkeyPatch) -> int:
     """The handler streams messages above :data:`SMALL_STREAM_THRESHOLD` (no setting exists)."""
     import functools
 
-    from pop3_ingest import app
-    from pop3_ingest.ingest import IngestOptions
+    from pop3_ingest.domain.options import IngestOptions
+    from pop3_ingest.handlers import fetch as app
 
     monkeypatch.setattr(
         app,

@@ -113,7 +113,7 @@ class SlowAws:
     # -- set-up ------------------------------------------------------------------
 
     def install(self) -> None:
-        from pop3_ingest.app import aws_clients
+        from pop3_ingest.handlers.fetch import aws_clients
 
         clients = aws_clients()
         for client, service in ((clients.s3, "s3"), (clients.sqs, "sqs")):
@@ -224,7 +224,7 @@ def invoke(
     hostile: HostileHarness, slow: SlowAws, context: FakeLambdaContext | None = None
 ) -> Invocation:
     """Call the real handler once; then the process is "frozen" (see :class:`SlowAws`)."""
-    from pop3_ingest.app import lambda_handler
+    from pop3_ingest.handlers.fetch import lambda_handler
 
     context = context or DeadlineContext(remaining_ms=60_000)
     try:
@@ -255,7 +255,7 @@ class PointerTap:
         self._client: Any = None
 
     def install(self) -> None:
-        from pop3_ingest.app import aws_clients
+        from pop3_ingest.handlers.fetch import aws_clients
 
         self._client = aws_clients().sqs
         events = self._client.meta.events

@@ -14,8 +14,8 @@ import pytest
 from tests.support.corpus import simple_message
 from tests.support.fake_pop3 import FakeMessage, Fault, endless_line, endless_lines
 
-from pop3_ingest import pop3
 from pop3_ingest.errors import ConnectError, ConnectionLost
+from pop3_ingest.pop3 import connection as pop3
 
 from .conftest import AFTER_A_BROKEN_MESSAGE, HostileHarness, messages
 

@@ -232,7 +232,7 @@ def test_reconnect_after_a_capped_listing_honours_login_delay(
 def test_memory_budget_counts_the_bytes_held_not_the_listed_sizes(
     hostile: HostileHarness, slow_aws: SlowAws
 ) -> None:
-    from pop3_ingest.ingest import IngestOptions
+    from pop3_ingest.domain.options import IngestOptions
 
     # GIVEN messages listed as 0 bytes that are nearly 1 MiB each, more of them
     # than the memory budget holds, and uploads that do not finish (so every

@@ -17,7 +17,7 @@ import pytest
 from tests.support.fake_pop3 import FakeMessage
 from tests.support.moto_server import SQS_MAX_PAYLOAD_BYTES, AwsResources, sqs_body_problem
 
-from pop3_ingest.adapters.sqs_announcer import SqsAnnouncer
+from pop3_ingest.integrations.sqs_announcer import SqsAnnouncer
 
 from .conftest import HostileHarness
 

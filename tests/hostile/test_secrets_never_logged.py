@@ -226,7 +226,7 @@ def test_hostile_server_echoing_the_password(
 
 @pytest.fixture
 def oauth() -> Iterator[OAuthTestServer]:
-    from pop3_ingest.oauth import clear_token_cache
+    from pop3_ingest.integrations.oauth_tokens import clear_token_cache
 
     clear_token_cache()
     with OAuthTestServer(expires_in=3600) as server:

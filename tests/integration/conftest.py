@@ -49,7 +49,7 @@ class Harness:
         return name
 
     def run(self, remaining_ms: int = 120_000, event: dict[str, Any] | None = None) -> Any:
-        from pop3_ingest.app import lambda_handler
+        from pop3_ingest.handlers.fetch import lambda_handler
 
         context = FakeLambdaContext(remaining_ms=remaining_ms)
         return lambda_handler(dict(event or EVENT), context)
@@ -78,7 +78,7 @@ class Harness:
         return {k: v for k, v in self.aws.objects().items() if "/_" not in k}
 
     def key_for(self, uidl: str, mailbox: str) -> str:
-        from pop3_ingest.message import object_key
+        from pop3_ingest.domain.message import object_key
 
         return object_key("mail/", mailbox, uidl)
 
@@ -125,7 +125,7 @@ def aws_fault() -> Iterator[Callable[..., None]]:
     """
     from botocore.awsrequest import AWSResponse
 
-    from pop3_ingest.app import aws_clients
+    from pop3_ingest.handlers.fetch import aws_clients
 
     registered: list[tuple[Any, str, Any]] = []
 
@@ -178,7 +178,7 @@ class CapturedOutput:
 @pytest.fixture
 def output(capsys: pytest.CaptureFixture[str]) -> Iterator[CapturedOutput]:
     """Capture the Powertools log handler (shared by the core's loggers) and stdout."""
-    from pop3_ingest.app import logger
+    from pop3_ingest.handlers.fetch import logger
 
     handler = logger.registered_handler
     assert isinstance(handler, logging.StreamHandler)

@@ -15,7 +15,7 @@ from tests.support import corpus
 from tests.support.dovecot import DEFAULT_PASSWORD, DEFAULT_USER, DovecotServer
 from tests.support.moto_server import AwsResources
 
-from pop3_ingest.cli import main
+from pop3_ingest_cli.main import main
 
 from .conftest import Harness, sha256
 
@@ -357,9 +357,9 @@ def test_quarantine_list_and_release_round_trip(
     from tests.integration.conftest import Harness
     from tests.support import corpus
 
-    from pop3_ingest.app import aws_clients
-    from pop3_ingest.cli import main
-    from pop3_ingest.message import uidl_digest
+    from pop3_ingest.domain.message import uidl_digest
+    from pop3_ingest.handlers.fetch import aws_clients
+    from pop3_ingest_cli.main import main
 
     harness = Harness(dovecot=dovecot, aws=aws, monkeypatch=monkeypatch)
     dovecot.deliver(harness.user, corpus.simple(1).raw_for_maildir)

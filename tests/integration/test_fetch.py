@@ -146,7 +146,7 @@ def test_sqs_failing_deletes_nothing(harness: Harness, aws_fault: Any) -> None:
 
 
 def test_sqs_recovers_next_run_without_duplicate_objects(harness: Harness) -> None:
-    from pop3_ingest.app import aws_clients
+    from pop3_ingest.handlers.fetch import aws_clients
 
     deliver(harness, [corpus.simple(i) for i in range(1, 5)])
     harness.configure(harness.dovecot.secret(harness.user))
@@ -212,7 +212,7 @@ def test_short_deadline_returns_in_time_and_next_run_completes(
 ) -> None:
     deliver(harness, [corpus.simple(i) for i in range(1, 31)])
     harness.configure(harness.dovecot.secret(harness.user), DEADLINE_MARGIN_SECONDS="2")
-    from pop3_ingest.app import aws_clients
+    from pop3_ingest.handlers.fetch import aws_clients
 
     def slow_put(**_: Any) -> None:
         time.sleep(1.0)  # an S3 that takes its time: 30 messages cannot fit

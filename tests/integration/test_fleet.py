@@ -78,7 +78,7 @@ def fleet(
 
 def drain_jobs(aws: AwsResources, fleet: dict[str, Any]) -> list[dict[str, Any]]:
     """Play the SQS event source: one record per invocation, delete on success."""
-    from pop3_ingest.app import lambda_handler
+    from pop3_ingest.handlers.fetch import lambda_handler
 
     results = []
     for _ in range(USERS * 3):
@@ -104,7 +104,7 @@ def drain_jobs(aws: AwsResources, fleet: dict[str, Any]) -> list[dict[str, Any]]
 def test_fifty_mailboxes_fetched_through_dispatcher_and_jobs(
     dovecot: DovecotServer, aws: AwsResources, fleet: dict[str, Any]
 ) -> None:
-    from pop3_ingest.dispatch import lambda_handler as dispatch
+    from pop3_ingest.handlers.dispatch import lambda_handler as dispatch
 
     result = dispatch({}, FakeLambdaContext())
     assert result == {"mailboxes": USERS, "enqueued": USERS, "failed": []}
@@ -127,7 +127,7 @@ def test_fifty_mailboxes_fetched_through_dispatcher_and_jobs(
 def test_a_second_dispatch_in_the_same_window_adds_no_jobs(
     aws: AwsResources, fleet: dict[str, Any]
 ) -> None:
-    from pop3_ingest.dispatch import lambda_handler as dispatch
+    from pop3_ingest.handlers.dispatch import lambda_handler as dispatch
 
     dispatch({}, FakeLambdaContext())
     dispatch({}, FakeLambdaContext())  # deduplicated by SQS FIFO
@@ -140,7 +140,7 @@ def test_a_second_dispatch_in_the_same_window_adds_no_jobs(
 def test_malformed_job_is_reported_as_a_batch_item_failure(
     dovecot: DovecotServer, aws: AwsResources, fleet: dict[str, Any]
 ) -> None:
-    from pop3_ingest.app import lambda_handler
+    from pop3_ingest.handlers.fetch import lambda_handler
 
     good = {
         "MessageId": "good",
@@ -158,7 +158,7 @@ def test_malformed_job_is_reported_as_a_batch_item_failure(
 def test_a_mailbox_with_a_wrong_password_does_not_fail_the_job(
     dovecot: DovecotServer, aws: AwsResources, fleet: dict[str, Any]
 ) -> None:
-    from pop3_ingest.app import lambda_handler
+    from pop3_ingest.handlers.fetch import lambda_handler
 
     aws.secretsmanager.put_secret_value(
         SecretId="pop3/user02",

@@ -17,9 +17,14 @@ from tests.support.corpus import simple_message
 from tests.support.dovecot import DovecotServer
 from tests.support.oauth_server import OAuthTestServer, oauth_dovecot
 
-from pop3_ingest import sasl
-from pop3_ingest.oauth import MICROSOFT_365_SCOPE, OAuthSettings, TokenProvider, clear_token_cache
-from pop3_ingest.sasl import SaslRejected
+from pop3_ingest.integrations.oauth_tokens import (
+    MICROSOFT_365_SCOPE,
+    OAuthSettings,
+    TokenProvider,
+    clear_token_cache,
+)
+from pop3_ingest.pop3 import auth as sasl
+from pop3_ingest.pop3.auth import SaslRejected
 
 pytestmark = pytest.mark.integration
 

@@ -90,7 +90,7 @@ class Popa3dRun:
             self.monkeypatch.setenv(key, value)
 
     def run(self) -> dict[str, Any]:
-        from pop3_ingest.app import lambda_handler
+        from pop3_ingest.handlers.fetch import lambda_handler
 
         result: dict[str, Any] = lambda_handler(
             dict(EVENT), FakeLambdaContext(remaining_ms=120_000)

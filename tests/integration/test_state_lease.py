@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from tests.support import corpus
 
-from pop3_ingest.message import uidl_digest
-from pop3_ingest.state import MailboxState
+from pop3_ingest.domain.message import uidl_digest
+from pop3_ingest.domain.state import MailboxState
 
 from .conftest import CapturedOutput, Harness, sha256
 
@@ -68,7 +68,7 @@ def every_deleted_message_is_stored(harness: Harness, bodies: list[bytes]) -> No
 @pytest.fixture
 def mid_run() -> Iterator[Callable[[Callable[[], None]], None]]:
     """Run ``action`` once, when the handler sends its first pointer."""
-    from pop3_ingest.app import aws_clients
+    from pop3_ingest.handlers.fetch import aws_clients
 
     client = aws_clients().sqs
     registered: list[Any] = []
@@ -225,7 +225,7 @@ def test_a_release_made_during_a_run_is_not_undone_by_its_save(
     mid_run: Callable[[Callable[[], None]], None],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from pop3_ingest.cli import main
+    from pop3_ingest_cli.main import main
 
     listing = setup(harness, 3)
     # Quarantined before the run, so the run skips it and remembers it quarantined.
@@ -287,7 +287,7 @@ def test_a_hanging_state_save_is_given_up_before_the_deadline(
 ) -> None:
     from tests.support.lambda_context import FakeLambdaContext
 
-    from pop3_ingest.app import aws_clients, lambda_handler
+    from pop3_ingest.handlers.fetch import aws_clients, lambda_handler
 
     from .conftest import EVENT
 

@@ -1,9 +1,9 @@
 """The one place the simulation touches the core (``pop3_ingest``).
 
 The models speak POP3 over a socket and keep S3/SQS as plain objects; this
-module plugs them into the real code: :class:`~pop3_ingest.pop3.Pop3Mailbox`
+module plugs them into the real code: :class:`~pop3_ingest.pop3.connection.Pop3Mailbox`
 for every session, the core's ports (``MessageStore`` and ``Announcer``,
-the latter through the real :class:`~pop3_ingest.adapters.sqs_announcer.SqsAnnouncer`
+the latter through the real :class:`~pop3_ingest.integrations.sqs_announcer.SqsAnnouncer`
 over a model SQS client), and the state carried from run to run as JSON, as the
 handler does. When the core's API moves, only this file follows it.
 """
@@ -19,14 +19,17 @@ from typing import Any, cast
 from botocore.exceptions import ClientError
 from tests.simulation.models import ModelBucket, ModelFault, ModelQueue, World
 
-from pop3_ingest import ingest as core
-from pop3_ingest.adapters.sqs_announcer import SqsAnnouncer
 from pop3_ingest.config import MailboxConfig, TlsMode
+from pop3_ingest.domain import ingest as core
+from pop3_ingest.domain.deadline import Deadline
+from pop3_ingest.domain.ingest import MailboxIngest
+from pop3_ingest.domain.message import Readable, ServerMessage, StoredObject, uidl_digest
+from pop3_ingest.domain.options import IngestOptions
+from pop3_ingest.domain.state import Failure, MailboxState
+from pop3_ingest.domain.summary import RunSummary
 from pop3_ingest.errors import Pop3IngestError, StoreError
-from pop3_ingest.ingest import Deadline, IngestOptions, MailboxIngest, RunSummary
-from pop3_ingest.message import Readable, StoredObject, uidl_digest
-from pop3_ingest.pop3 import Pop3Mailbox, ServerMessage
-from pop3_ingest.state import Failure, MailboxState
+from pop3_ingest.integrations.sqs_announcer import SqsAnnouncer
+from pop3_ingest.pop3.connection import Pop3Mailbox
 
 # Issue 8: a message without a unique UIDL is remembered by its UIDL text and size
 # (None on the core before it, which remembers UIDLs only).

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from pop3_ingest.domain.message import ServerMessage, StoredObject
 from pop3_ingest.errors import AnnounceError, ConnectionLost, ProtocolError, StoreError
-from pop3_ingest.message import StoredObject
-from pop3_ingest.pop3 import ServerMessage
 
 
 class FakeStream:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
 
-from pop3_ingest import cli
 from pop3_ingest.config import MailboxConfig
+from pop3_ingest.domain.message import ServerMessage
 from pop3_ingest.errors import (
     AnnounceError,
     AuthError,
@@ -28,7 +28,7 @@ from pop3_ingest.errors import (
     StoreError,
     TlsError,
 )
-from pop3_ingest.pop3 import ServerMessage
+from pop3_ingest_cli import main as cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "hunter2 is not a password"
@@ -468,7 +468,7 @@ def test_send_pointers_retries_refused_entries_once() -> None:
 def test_module_runs_as_a_script() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "functions")}
     proc = subprocess.run(
-        [sys.executable, "-m", "pop3_ingest.cli", "--help"],
+        [sys.executable, "-m", "pop3_ingest_cli", "--help"],
         capture_output=True,
         text=True,
         env=env,

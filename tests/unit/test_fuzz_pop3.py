@@ -2,8 +2,8 @@
 
 Random and garbled server answers (status lines, UIDL/LIST listings, RETR
 bodies with dots, CRs and LFs anywhere, streams cut short) go through the real
-:class:`~pop3_ingest.pop3.Pop3Mailbox`, :class:`~pop3_ingest.pop3.RetrStream`
-and :func:`~pop3_ingest.pop3.parse_listing`. Whatever comes in, what escapes
+:class:`~pop3_ingest.pop3.connection.Pop3Mailbox`, :class:`~pop3_ingest.pop3.connection.RetrStream`
+and :func:`~pop3_ingest.pop3.connection.parse_listing`. Whatever comes in, what escapes
 is a :class:`~pop3_ingest.errors.Pop3IngestError` (never a socket, poplib or
 Unicode error); a well-formed message decodes to its exact bytes.
 """
@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from tests.support.fake_pop3 import FakeMessage, FakePop3Server, FakeSession, dot_stuff
 
 from pop3_ingest.config import MailboxConfig
+from pop3_ingest.domain.message import ServerMessage
 from pop3_ingest.errors import Pop3IngestError, SessionOutOfStep
-from pop3_ingest.pop3 import STATUS_LINE, Pop3Mailbox, RetrStream, ServerMessage, parse_listing
+from pop3_ingest.pop3.connection import STATUS_LINE, Pop3Mailbox, RetrStream, parse_listing
 
 FUZZ = settings(
     max_examples=150,

@@ -7,9 +7,12 @@ from collections.abc import Callable
 
 import pytest
 
-from pop3_ingest.ingest import Deadline, IngestOptions, MailboxIngest, RunSummary, StopReason
-from pop3_ingest.pop3 import ServerMessage
-from pop3_ingest.state import MailboxState
+from pop3_ingest.domain.deadline import Deadline
+from pop3_ingest.domain.ingest import MailboxIngest
+from pop3_ingest.domain.message import ServerMessage
+from pop3_ingest.domain.options import IngestOptions
+from pop3_ingest.domain.state import MailboxState
+from pop3_ingest.domain.summary import RunSummary, StopReason
 
 from .fakes import FakeMailbox, FakeQueue, FakeStore
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pop3_ingest.message import CapturingReader, object_key, parse_header_fields
+from pop3_ingest.domain.message import CapturingReader, object_key, parse_header_fields
 
 
 def test_key_is_deterministic_and_distinct() -> None:

@@ -12,11 +12,10 @@ import time
 from types import TracebackType
 from typing import Any
 
+from pop3_ingest.domain.message import ServerMessage, StoredObject, failure_key, uidl_digest
+from pop3_ingest.domain.state import Deleted, MailboxState, Seen
+from pop3_ingest.domain.summary import StopReason
 from pop3_ingest.errors import SessionOutOfStep
-from pop3_ingest.ingest import StopReason, failure_key
-from pop3_ingest.message import StoredObject, uidl_digest
-from pop3_ingest.pop3 import ServerMessage
-from pop3_ingest.state import Deleted, MailboxState, Seen
 
 from .fakes import FakeMailbox, FakeQueue, FakeStore, FakeStream
 from .test_ingest_core import mailbox_of, msg, run

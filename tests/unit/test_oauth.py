@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from tests.support.oauth_server import OAuthTestServer
 
-from pop3_ingest import oauth
 from pop3_ingest.errors import AuthError, ConnectError, SecretError
-from pop3_ingest.oauth import (
+from pop3_ingest.integrations import oauth_tokens as oauth
+from pop3_ingest.integrations.oauth_tokens import (
     MICROSOFT_365_SCOPE,
     OAuthSettings,
     TokenProvider,

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pop3_ingest.adapters.sqs_announcer import BATCH_SIZE, MAX_PAYLOAD_BYTES, pointer_body
-from pop3_ingest.message import StoredMessage, parse_header_fields, sqs_text
+from pop3_ingest.domain.message import StoredMessage, parse_header_fields, sqs_text
+from pop3_ingest.integrations.sqs_announcer import BATCH_SIZE, MAX_PAYLOAD_BYTES, pointer_body
 
 # SQS's rule written out again, independently of the package's own.
 SQS_ALLOWED = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")

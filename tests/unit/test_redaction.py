@@ -160,7 +160,7 @@ def test_no_slice_survives_in_server_bytes(case: tuple[str, str, str], encoding:
 
 def test_a_listing_line_out_of_step_is_masked_in_the_error() -> None:
     from pop3_ingest.errors import SessionOutOfStep
-    from pop3_ingest.pop3 import parse_listing
+    from pop3_ingest.pop3.connection import parse_listing
 
     secret = b"Zq9!xW2#vR7$"
     with pytest.raises(SessionOutOfStep) as info:

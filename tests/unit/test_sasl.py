@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pop3_ingest import sasl
-from pop3_ingest.sasl import SaslRejected
+from pop3_ingest.pop3 import auth as sasl
+from pop3_ingest.pop3.auth import SaslRejected
 
 USER = "alice@example.com"
 PASSWORD = "correct horse battery staple"

@@ -13,9 +13,7 @@ from botocore.exceptions import ClientError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pop3_ingest.adapters.s3_state import STATE_CLIENT_CONFIG, S3StateStore, Snapshot
-from pop3_ingest.errors import StateDamaged, StoreError
-from pop3_ingest.state import (
+from pop3_ingest.domain.state import (
     DELETED_MEMORY_SECONDS,
     MAX_ERROR_CHARS,
     MAX_LEASE_SECONDS,
@@ -25,6 +23,8 @@ from pop3_ingest.state import (
     MailboxState,
     Seen,
 )
+from pop3_ingest.errors import StateDamaged, StoreError
+from pop3_ingest.integrations.s3_state import STATE_CLIENT_CONFIG, S3StateStore, Snapshot
 
 D1, D2, D3 = "1" * 40, "2" * 40, "3" * 40
 SHA = "a" * 64
@@ -281,7 +281,7 @@ def test_old_deletions_and_content_memories_expire_by_time(complete: bool) -> No
 def test_time_keyed_memories_are_bounded_keeping_the_newest(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import pop3_ingest.state as state_module
+    import pop3_ingest.domain.state as state_module
 
     monkeypatch.setattr(state_module, "_MAX_DELETED", 2)
     state = MailboxState(
@@ -542,7 +542,7 @@ def test_a_damaged_state_is_set_aside_counted_and_read_as_empty() -> None:
 
 
 def test_an_oversized_state_is_not_read_into_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pop3_ingest.adapters.s3_state as module
+    import pop3_ingest.integrations.s3_state as module
 
     monkeypatch.setattr(module, "_MAX_STATE_BYTES", 10)
     s3 = FakeS3()

@@ -215,7 +215,7 @@ def _checkov_skips(resources: dict[str, Any]) -> list[tuple[str, str, str]]:
 def test_function_runtime_architecture_and_handler(function: dict[str, Any]) -> None:
     assert function["Runtime"] in {"python3.12", "python3.13"}
     assert function["Architectures"] == ["arm64"]
-    assert function["Handler"] == "pop3_ingest.app.lambda_handler"
+    assert function["Handler"] == "pop3_ingest.handlers.fetch.lambda_handler"
     assert function["CodeUri"].rstrip("/") == "functions"
     assert function["Tracing"] == "Active"
 
@@ -791,7 +791,7 @@ def test_the_function_cannot_be_reserved_above_what_an_account_allows(
 def test_runs_that_overlap_are_kept_apart_by_a_lease_that_outlasts_any_run(
     template: dict[str, Any],
 ) -> None:
-    from pop3_ingest.state import LEASE_MARGIN_SECONDS, MAX_LEASE_SECONDS
+    from pop3_ingest.domain.state import LEASE_MARGIN_SECONDS, MAX_LEASE_SECONDS
 
     # The Timeout may exceed the schedule's period: runs overlap, and one stands aside
     # while the other holds the mailbox's lease. The lease is honoured for as long as
@@ -1100,7 +1100,7 @@ def test_fetch_function_reads_only_tagged_secrets_in_fleet_mode(
 
 
 def test_dispatcher_function(function: dict[str, Any], dispatcher: dict[str, Any]) -> None:
-    assert dispatcher["Handler"] == "pop3_ingest.dispatch.lambda_handler"
+    assert dispatcher["Handler"] == "pop3_ingest.handlers.dispatch.lambda_handler"
     assert dispatcher["CodeUri"].rstrip("/") == "functions"
     # Same runtime, architecture and Powertools layer as the fetch function.
     for key in ("Runtime", "Architectures", "Layers", "Tracing"):

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from pop3_ingest.domain.state import MailboxState
 from pop3_ingest.errors import StateDamaged, StoreError
-from pop3_ingest.state import MailboxState
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -14,8 +14,8 @@ from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.subscribers import BaseSubscriber
 
+from pop3_ingest.domain.message import StoredObject
 from pop3_ingest.errors import StoreError
-from pop3_ingest.message import StoredObject
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

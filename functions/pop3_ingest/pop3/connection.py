@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Protocol
 
 from pop3_ingest.config import DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND, MailboxConfig, TlsMode
+from pop3_ingest.domain.message import ServerMessage
 from pop3_ingest.errors import (
     AuthError,
     ConnectError,
@@ -45,9 +46,8 @@ from pop3_ingest.errors import (
     TlsError,
     TransferTooSlow,
 )
-from pop3_ingest.oauth import TokenProvider
-from pop3_ingest.redaction import Redactor, credential_refusal, printable
-from pop3_ingest.sasl import (
+from pop3_ingest.integrations.oauth_tokens import TokenProvider
+from pop3_ingest.pop3.auth import (
     SaslRejected,
     auth_plain,
     auth_xoauth2,
@@ -55,6 +55,7 @@ from pop3_ingest.sasl import (
     supported_mechanisms,
     xoauth2_response,
 )
+from pop3_ingest.redaction import Redactor, credential_refusal, printable
 
 logger = logging.getLogger(__name__)
 
@@ -76,19 +77,6 @@ _SKIPS_LOGGED = 20
 STATUS_LINE = re.compile(rb"(\+OK|-ERR)( |\r?\n|$)")
 # "<message number>[ <text>]" (RFC 1939 scan and unique-id listings).
 _NUMBERED = re.compile(rb"(\d{1,10})(?:[ \t]+(.*))?", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class ServerMessage:
-    """One entry of the mailbox listing: session number, UIDL and LIST size."""
-
-    number: int
-    uidl: str
-    size: int
-    # False when the UIDL cannot name this message alone (shared with another
-    # message, empty, or a server without UIDL): it is then known by its
-    # content digest, and fetched, stored and deleted within one session.
-    unique: bool = True
 
 
 @dataclass(frozen=True)

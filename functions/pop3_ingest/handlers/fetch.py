@@ -20,11 +20,13 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
-from pop3_ingest.adapters.s3_state import STATE_CLIENT_CONFIG, S3StateStore, Snapshot
-from pop3_ingest.adapters.s3_store import S3MessageStore
-from pop3_ingest.adapters.secrets import load_mailbox_config
-from pop3_ingest.adapters.sqs_announcer import SqsAnnouncer
 from pop3_ingest.config import MailboxConfig, Settings
+from pop3_ingest.domain.deadline import Deadline
+from pop3_ingest.domain.ingest import MailboxIngest
+from pop3_ingest.domain.message import ServerMessage, failure_key
+from pop3_ingest.domain.options import IngestOptions
+from pop3_ingest.domain.state import LEASE_MARGIN_SECONDS, LEASE_OWNER, Failure, MailboxState
+from pop3_ingest.domain.summary import RunSummary, StopReason
 from pop3_ingest.errors import (
     AuthError,
     ConfigError,
@@ -37,16 +39,11 @@ from pop3_ingest.errors import (
     SecretError,
     TlsError,
 )
-from pop3_ingest.ingest import (
-    Deadline,
-    IngestOptions,
-    MailboxIngest,
-    RunSummary,
-    StopReason,
-    failure_key,
-)
-from pop3_ingest.pop3 import Pop3Mailbox, ServerMessage
-from pop3_ingest.state import LEASE_MARGIN_SECONDS, LEASE_OWNER, Failure, MailboxState
+from pop3_ingest.integrations.s3_state import STATE_CLIENT_CONFIG, S3StateStore, Snapshot
+from pop3_ingest.integrations.s3_store import S3MessageStore
+from pop3_ingest.integrations.secrets import load_mailbox_config
+from pop3_ingest.integrations.sqs_announcer import SqsAnnouncer
+from pop3_ingest.pop3.connection import Pop3Mailbox
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -29,20 +29,36 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import tempfile
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import AbstractContextManager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from queue import Empty, SimpleQueue
-from typing import IO, Any, Literal, Protocol
+from typing import IO, Any, Literal
 
+from pop3_ingest.domain.deadline import Deadline
+from pop3_ingest.domain.message import (
+    HEADER_LIMIT,
+    CapturingReader,
+    ServerMessage,
+    StoredMessage,
+    StoredObject,
+    content_key,
+    failure_key,
+    is_sha256,
+    object_key,
+    parse_header_fields,
+    uidl_digest,
+)
+from pop3_ingest.domain.options import MIB, IngestOptions
+from pop3_ingest.domain.ports import SQS_BATCH_SIZE, Announcer, MessageStore, MessageStream, Session
+from pop3_ingest.domain.state import Deleted, Failure, MailboxState, Seen
+from pop3_ingest.domain.summary import RunSummary, StopReason
 from pop3_ingest.errors import (
     AnnounceError,
     ConnectionLost,
@@ -52,232 +68,8 @@ from pop3_ingest.errors import (
     ProtocolError,
     StoreError,
 )
-from pop3_ingest.message import (
-    HEADER_LIMIT,
-    CapturingReader,
-    Readable,
-    StoredMessage,
-    StoredObject,
-    content_key,
-    object_key,
-    parse_header_fields,
-    uidl_digest,
-)
-from pop3_ingest.pop3 import ServerMessage
-from pop3_ingest.state import Deleted, Failure, MailboxState, Seen
 
 logger = logging.getLogger(__name__)
-
-MIB = 1024 * 1024
-# SendMessageBatch takes at most this many entries.
-SQS_BATCH_SIZE = 10
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-
-
-# -- ports --------------------------------------------------------------------
-
-
-class MessageStream(Readable, Protocol):
-    @property
-    def finished(self) -> bool: ...
-
-    def read_all(self) -> bytes: ...
-
-    def drain(self) -> None: ...
-
-
-class Mailbox(Protocol):
-    """The POP3 session as the core sees it: commands written, answers read in order."""
-
-    @property
-    def pipelining(self) -> bool: ...
-
-    def list_messages(self) -> list[ServerMessage]: ...
-
-    def send_commands(self, commands: list[str]) -> None: ...
-
-    def read_retr(self, message: ServerMessage, *, exact_size: bool = False) -> MessageStream:
-        """``exact_size``: a first line like a status line is mail, if exactly the
-        LIST size arrives (for messages retried alone)."""
-        ...
-
-    def read_dele(self, message: ServerMessage) -> None: ...
-
-
-class Session(Mailbox, AbstractContextManager["Session"], Protocol):
-    """A mailbox whose ``with`` block ends in QUIT; ``quit_ok`` says if it committed."""
-
-    @property
-    def quit_ok(self) -> bool | None: ...
-
-    def abandon(self) -> None:
-        """End the session without QUIT: the server forgets its DELEs."""
-        ...
-
-    @property
-    def login_delay(self) -> int:
-        """Seconds the server wants between logins (RFC 2449 LOGIN-DELAY)."""
-        ...
-
-
-class MessageStore(Protocol):
-    bucket: str
-
-    def put_bytes(self, key: str, data: bytes, sha256_hex: str, metadata: dict[str, str]) -> bool:
-        """Write unless the key exists; True if this call created the object."""
-        ...
-
-    def put_file(
-        self,
-        key: str,
-        path: str,
-        sha256_hex: str,
-        metadata: dict[str, str],
-        cancelled: Callable[[], bool],
-    ) -> bool:
-        """Like put_bytes for a big message spooled to the file at ``path``; gives up
-        (StoreError, upload aborted) as soon as ``cancelled()`` is true."""
-        ...
-
-    def stored_object(self, key: str) -> StoredObject | None: ...
-
-
-class Announcer(Protocol):
-    def announce_batch(self, pointers: list[dict[str, Any]]) -> set[int]:
-        """Send up to SQS_BATCH_SIZE pointers; the indexes that failed."""
-        ...
-
-
-# -- run policy ----------------------------------------------------------------
-
-
-class StopReason(StrEnum):
-    COMPLETED = "completed"
-    DEADLINE = "deadline"
-    MESSAGE_CAP = "message_cap"
-    QUEUE_UNAVAILABLE = "queue_unavailable"
-    CONNECTION_LOST = "connection_lost"
-    BUSY = "busy"
-    BACKOFF = "backoff"
-    NOT_DUE = "not_due"
-    AUTH_SUSPENDED = "auth_suspended"
-    # Another run holds this mailbox's lease (at most one run per mailbox).
-    LOCKED = "locked"
-    # Work is left that needs another login, and the server asked for a pause
-    # between logins (RFC 2449 LOGIN-DELAY): the next run does it.
-    LOGIN_DELAY = "login_delay"
-    # Session after session had to end without QUIT (messages that fail to be
-    # stored or announced): the run stops rather than log in again and again.
-    REPEATED_FAILURES = "repeated_failures"
-
-
-@dataclass(frozen=True)
-class IngestOptions:
-    key_prefix: str = "mail/"
-    delete: bool = True
-    max_messages: int = 0  # 0: no cap
-    max_message_size: int = 50 * MIB
-    pipeline_window: int = 64
-    upload_workers: int = 8
-    # Downloaded messages waiting for their upload, counted by the bytes
-    # actually held (a LIST size can lie).
-    memory_budget: int = 32 * MIB
-    # Bigger messages are spooled to a temporary file (Lambda's /tmp) while
-    # they are hashed, so the digest is known before the object is written.
-    stream_threshold: int = 8 * MIB
-    spool_budget: int = 384 * MIB
-    # A session is committed (QUIT, reconnect) after whichever comes first, so
-    # a crash repeats at most that much work; each commit costs a reconnect.
-    commit_every_messages: int = 1000
-    commit_every_bytes: int = 256 * MIB
-    commit_every_seconds: float = 60.0
-    # Failures in a row (across runs) after which a message is quarantined.
-    poison_threshold: int = 3
-    # A listing at least this long may be a provider's partial view (Gmail
-    # offers about 250 per session): it is not proof that a message is gone,
-    # and draining it is followed by another session.
-    capped_listing: int = 200
-
-
-@dataclass
-class Deadline:
-    """Decides whether there is time to take one more message and still finish.
-
-    ``seconds_left`` counts down to the soft deadline (``margin_seconds``
-    before the Lambda is stopped): no new message is taken past it. Half the
-    margin later comes the hard cut-off: the session is dropped and uploads
-    abandoned, and the other half is left for saving the state.
-
-    The estimate learns the line's throughput and the store's latency as the
-    run goes, so work is not started that cannot finish before the deadline.
-    """
-
-    remaining_ms: Callable[[], int]
-    margin_seconds: float
-    bytes_per_second: float = 1_000_000.0
-    upload_seconds: float = 0.2
-
-    def seconds_left(self) -> float:
-        return self.remaining_ms() / 1000.0 - self.margin_seconds
-
-    def seconds_to_cutoff(self) -> float:
-        return self.remaining_ms() / 1000.0 - self.margin_seconds / 2
-
-    def cut_off(self) -> bool:
-        return self.seconds_to_cutoff() <= 0
-
-    def allows(self, size: int, queued: int = 0, workers: int = 1) -> bool:
-        expected = size / self.bytes_per_second + (queued + 1) * self.upload_seconds / workers
-        return self.seconds_left() > expected
-
-    def observe(self, size: int, seconds: float) -> None:
-        if size >= 256 * 1024 and seconds > 0:
-            # Exponential average: one slow message does not dominate.
-            self.bytes_per_second = 0.7 * self.bytes_per_second + 0.3 * (size / seconds)
-
-    def observe_upload(self, seconds: float) -> None:
-        self.upload_seconds = 0.7 * self.upload_seconds + 0.3 * seconds
-
-
-@dataclass
-class RunSummary:
-    mailbox: str
-    messages_on_server: int = 0
-    stored: int = 0
-    already_stored: int = 0
-    announced: int = 0
-    deleted: int = 0  # committed by a successful QUIT
-    failed: int = 0
-    oversized: int = 0
-    quarantined: int = 0  # newly quarantined in this run
-    in_quarantine: int = 0  # on the server and skipped because quarantined
-    reappeared: int = 0  # deleted before, listed again, proven the same by digest: not re-announced
-    redeleted: int = 0  # announced before, proven by digest and deleted without a new pointer
-    unlisted: int = 0  # listing entries that cannot be fetched safely: left on the server
-    bytes_stored: int = 0
-    sessions: int = 0
-    abandoned_sessions: int = 0  # ended without QUIT so nothing unconfirmed was popped
-    stopped: StopReason = StopReason.COMPLETED
-    failures: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def left_on_server(self) -> int:
-        return max(0, self.messages_on_server - self.deleted)
-
-
-def failure_key(message: ServerMessage) -> str:
-    """Where a message's failures and quarantine are remembered.
-
-    A unique UIDL names the message. Without one (shared or missing UIDLs) the
-    UIDL text and size are the best name there is before download.
-    """
-    if message.unique:
-        return uidl_digest(message.uidl)
-    return uidl_digest(f"\x00shared\x00{message.uidl}\x00{message.size}")
-
-
-def is_sha256(value: object) -> bool:
-    return isinstance(value, str) and _SHA256_HEX.fullmatch(value) is not None
 
 
 # -- the run -------------------------------------------------------------------

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from pop3_ingest.domain.message import sqs_text
 from pop3_ingest.errors import AnnounceError
-from pop3_ingest.message import sqs_text
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient

@@ -16,7 +16,21 @@ POINTER_VERSION = 1
 HEADER_LIMIT = 64 * 1024
 _FIELD_LIMIT = 1000
 # Starts with a letter or digit, so "_state/" and "_quarantine/" never collide.
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _SAFE_MAILBOX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class ServerMessage:
+    """One entry of the mailbox listing: session number, UIDL and LIST size."""
+
+    number: int
+    uidl: str
+    size: int
+    # False when the UIDL cannot name this message alone (shared with another
+    # message, empty, or a server without UIDL): it is then known by its
+    # content digest, and fetched, stored and deleted within one session.
+    unique: bool = True
 
 
 class Readable(Protocol):
@@ -167,3 +181,18 @@ class StoredMessage:
             **self.headers,
             "stored_at": self.stored_at.astimezone(UTC).isoformat(timespec="seconds"),
         }
+
+
+def failure_key(message: ServerMessage) -> str:
+    """Where a message's failures and quarantine are remembered.
+
+    A unique UIDL names the message. Without one (shared or missing UIDLs) the
+    UIDL text and size are the best name there is before download.
+    """
+    if message.unique:
+        return uidl_digest(message.uidl)
+    return uidl_digest(f"\x00shared\x00{message.uidl}\x00{message.size}")
+
+
+def is_sha256(value: object) -> bool:
+    return isinstance(value, str) and _SHA256_HEX.fullmatch(value) is not None

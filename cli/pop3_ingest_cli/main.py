@@ -36,6 +36,7 @@ from botocore.exceptions import (
 )
 
 from pop3_ingest.config import MailboxConfig, TlsMode
+from pop3_ingest.domain.message import StoredMessage, object_key, parse_header_fields
 from pop3_ingest.errors import (
     AnnounceError,
     AuthError,
@@ -46,13 +47,12 @@ from pop3_ingest.errors import (
     SecretError,
     TlsError,
 )
-from pop3_ingest.message import StoredMessage, object_key, parse_header_fields
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
 
-    from pop3_ingest.pop3 import ServerMessage
+    from pop3_ingest.domain.message import ServerMessage
 
 PROG = "pop3-ingest"
 
@@ -157,7 +157,7 @@ def _print_json(document: dict[str, Any], out: TextIO | None = None) -> None:
 
 
 class MailboxSession(Protocol):
-    """The part of :class:`pop3_ingest.pop3.Pop3Mailbox` that ``check`` uses."""
+    """The part of :class:`pop3_ingest.pop3.connection.Pop3Mailbox` that ``check`` uses."""
 
     capabilities: dict[str, list[str]]
     quit_ok: bool | None
@@ -178,7 +178,7 @@ Connect = Callable[[MailboxConfig, float], MailboxSession]
 
 
 def _pop3_connect(config: MailboxConfig, timeout: float) -> MailboxSession:
-    from pop3_ingest.pop3 import Pop3Mailbox
+    from pop3_ingest.pop3.connection import Pop3Mailbox
 
     return Pop3Mailbox(config, timeout=timeout)
 
@@ -269,7 +269,7 @@ def _load_secret_file(path: str) -> tuple[MailboxConfig, set[str]]:
 def _load_config(args: argparse.Namespace) -> tuple[MailboxConfig, set[str]]:
     if args.secret_file is not None:
         return _load_secret_file(args.secret_file)
-    from pop3_ingest.adapters.secrets import load_mailbox_config
+    from pop3_ingest.integrations.secrets import load_mailbox_config
 
     config = load_mailbox_config(args.secret_id)
     return config, sensitive_values(config)
@@ -656,7 +656,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         summary.in_range = len(entries)
         announcer: Announcer | None = None
         if not args.dry_run:
-            from pop3_ingest.adapters.sqs_announcer import SqsAnnouncer
+            from pop3_ingest.integrations.sqs_announcer import SqsAnnouncer
 
             announcer = SqsAnnouncer(sqs, args.queue_url)
         run_replay(s3, announcer, summary, entries, report)
@@ -905,7 +905,7 @@ examples:
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    from pop3_ingest.adapters.s3_state import S3StateStore
+    from pop3_ingest.integrations.s3_state import S3StateStore
 
     s3, _ = _aws_clients()
     prefix = normalize_prefix(args.key_prefix)

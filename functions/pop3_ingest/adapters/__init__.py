@@ -1,1 +1,0 @@
-"""Small adapters between the core's ports and AWS services."""

@@ -35,7 +35,7 @@ help:
 	make deps-system  install Dovecot (POP3) and OpenSSL for the integration tests
 	make lint         ruff check + ruff format --check
 	make typecheck    mypy (strict)
-	make template     cfn-lint, sam validate --lint, checkov (both Modes), sam build (offline)
+	make template     cfn-lint, sam validate --lint, checkov (both Modes), sam build (offline) + artifact check
 	make test         deps + lint + typecheck + security + template + pytest (everything)
 	make security     bandit on functions/ + vulnerability scan of requirements.lock
 	make lock         re-pin requirements.lock from pyproject.toml (uv)
@@ -140,6 +140,8 @@ template: venv
 	fi
 	PATH="$$(dirname "$$runtime_python"):$$PATH" \
 	  "$(BIN)/sam" build --template-file template.yaml --build-dir "$(SAM_BUILD_DIR)"
+	# The artifact holds the Lambda package only: no CLI, no tests.
+	"$(BIN)/python" scripts/check_artifact.py "$(SAM_BUILD_DIR)"
 
 test: deps lint typecheck security template
 	"$(BIN)/python" -m pytest

@@ -28,7 +28,24 @@ from pop3_ingest.errors import (
     StoreError,
     TlsError,
 )
-from pop3_ingest_cli import main as cli
+from pop3_ingest_cli.aws import AwsClients, normalize_prefix
+from pop3_ingest_cli.check import cmd_check
+from pop3_ingest_cli.errors import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    error_line,
+    exit_code_for,
+    sensitive_values,
+)
+from pop3_ingest_cli.main import build_parser, main
+from pop3_ingest_cli.quarantine import cmd_quarantine
+from pop3_ingest_cli.replay import (
+    check_window,
+    cmd_replay,
+    mailbox_prefix,
+    parse_time,
+    send_pointers,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "hunter2 is not a password"
@@ -53,7 +70,7 @@ def test_help_for_tool_and_each_command_exits_0_with_examples(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     for argv in (["--help"], ["check", "--help"], ["replay", "--help"]):
-        assert cli.main(argv) == 0
+        assert main(argv) == 0
         out = capsys.readouterr().out
         assert "examples:" in out
         assert "exit codes:" in out
@@ -61,7 +78,7 @@ def test_help_for_tool_and_each_command_exits_0_with_examples(
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main([]) == cli.EXIT_CONFIG
+    assert main([]) == EXIT_CONFIG
     assert "required" in capsys.readouterr().err
 
 
@@ -78,12 +95,12 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
     ],
 )
 def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(argv) == cli.EXIT_CONFIG
+    assert main(argv) == EXIT_CONFIG
     assert "usage:" in capsys.readouterr().err
 
 
 def test_replay_arguments_parse() -> None:
-    args = cli.build_parser().parse_args(
+    args = build_parser().parse_args(
         [
             "replay",
             "--bucket",
@@ -103,7 +120,7 @@ def test_replay_arguments_parse() -> None:
     assert args.until == datetime(2026, 11, 26, 11, 30, tzinfo=UTC)
     assert args.dry_run is True
     assert args.key_prefix == "mail/"
-    assert args.handler is cli.cmd_replay
+    assert args.handler is cmd_replay
 
 
 @pytest.mark.parametrize(
@@ -119,39 +136,53 @@ def test_replay_arguments_parse() -> None:
     ],
 )
 def test_parse_time(text: str, expected: datetime) -> None:
-    value = cli.parse_time(text)
+    value = parse_time(text)
     assert value == expected
     assert value.tzinfo is UTC
 
 
 def test_window_and_prefix_rules() -> None:
     early, late = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
-    cli.check_window(early, late)
-    cli.check_window(None, late)
+    check_window(early, late)
+    check_window(None, late)
     with pytest.raises(ConfigError, match="earlier"):
-        cli.check_window(late, early)
-    assert cli.normalize_prefix("mail") == "mail/"
-    assert cli.normalize_prefix("") == ""
+        check_window(late, early)
+    assert normalize_prefix("mail") == "mail/"
+    assert normalize_prefix("") == ""
     with pytest.raises(ConfigError):
-        cli.normalize_prefix("../x/")
-    assert cli.mailbox_prefix("mail/", "support@example.com") == "mail/support@example.com/"
+        normalize_prefix("../x/")
+    assert mailbox_prefix("mail/", "support@example.com") == "mail/support@example.com/"
     with pytest.raises(ConfigError, match="not a mailbox name"):
-        cli.mailbox_prefix("mail/", "../etc")
+        mailbox_prefix("mail/", "../etc")
+
+
+def no_aws() -> AwsClients:
+    raise AssertionError("no AWS client may be created")
 
 
 def test_replay_window_error_exits_2_before_any_aws_call(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    def no_aws() -> Any:
-        raise AssertionError("no AWS client may be created")
-
-    monkeypatch.setattr(cli, "_aws_clients", no_aws)
     base = ["replay", "--bucket", "b", "--queue-url", "q"]
-    code = cli.main([*base, "--mailbox", "m", "--since", "2026-02-01", "--until", "2026-01-01"])
-    assert code == cli.EXIT_CONFIG
+
+    def replay(*extra: str) -> int:
+        return cmd_replay(build_parser().parse_args([*base, *extra]), clients=no_aws)
+
+    assert replay("--mailbox", "m", "--since", "2026-02-01", "--until", "2026-01-01") == 2
     assert "--since must be earlier than --until" in capsys.readouterr().err
-    assert cli.main([*base, "--mailbox", "a/b"]) == cli.EXIT_CONFIG
+    assert replay("--mailbox", "a/b") == EXIT_CONFIG
     assert "not a mailbox name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("action", ["list", "release"])
+def test_quarantine_bad_prefix_exits_2_before_any_aws_call(
+    action: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["quarantine", action, "--bucket", "b", "--mailbox", "m", "--key-prefix", "../x"]
+    assert cmd_quarantine(build_parser().parse_args(argv), clients=no_aws) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith("pop3-ingest quarantine: config error: --key-prefix")
+    assert len(err.splitlines()) == 1
 
 
 # -- exit codes and error lines -------------------------------------------------------
@@ -192,18 +223,27 @@ def _announce_error(code: str) -> AnnounceError:
     ],
 )
 def test_exit_codes(exc: BaseException, code: int) -> None:
-    assert cli.exit_code_for(exc) == code
+    assert exit_code_for(exc) == code
 
 
 def test_error_line_is_one_bounded_line_with_secrets_masked() -> None:
     exc = AuthError(f"login failed:\r\n server said {PASSWORD}\n" + "x" * 2000)
-    line = cli.error_line(exc, [PASSWORD, ""])
+    line = error_line(exc, [PASSWORD, ""])
     assert "\n" not in line
     assert "\r" not in line
     assert PASSWORD not in line
     assert "***" in line
     assert len(line) <= 500
-    assert "AWS_REGION" in cli.error_line(NoRegionError())
+    assert "AWS_REGION" in error_line(NoRegionError())
+
+
+def test_error_line_masks_whole_secrets_and_keeps_our_own_words() -> None:
+    # The password shares "ect " with "connect": our own text must stay readable.
+    password = "correct horse battery staple"
+    refused = ConnectError("cannot connect to 127.0.0.1:995: Connection refused")
+    assert error_line(refused, [password]) == str(refused)
+    echoed = ProtocolError(f"server said {password}!")
+    assert error_line(echoed, [password]) == "server said ***!"
 
 
 def test_sensitive_values_found_in_dicts_and_configs() -> None:
@@ -211,8 +251,8 @@ def test_sensitive_values_found_in_dicts_and_configs() -> None:
         **SECRET,
         "auth": {"type": "oauth2", "client_secret": "cs", "refresh_token": "rt", "scope": "s"},
     }
-    assert cli.sensitive_values(secret) == {PASSWORD, "cs", "rt"}
-    assert cli.sensitive_values(MailboxConfig.from_secret(SECRET)) == {PASSWORD}
+    assert sensitive_values(secret) == {PASSWORD, "cs", "rt"}
+    assert sensitive_values(MailboxConfig.from_secret(SECRET)) == {PASSWORD}
 
 
 # -- check with a fake session ---------------------------------------------------------
@@ -259,7 +299,7 @@ LISTING = [ServerMessage(1, "u1", 1000), ServerMessage(2, "u2", 3000)]
 def run_check(
     tmp_path: Path, session: FakeSession, *extra: str, secret: dict[str, Any] | None = None
 ) -> int:
-    args = cli.build_parser().parse_args(
+    args = build_parser().parse_args(
         ["check", "--secret-file", write_secret(tmp_path, secret or SECRET), *extra]
     )
     seen: list[tuple[MailboxConfig, float]] = []
@@ -268,7 +308,7 @@ def run_check(
         seen.append((config, timeout))
         return session
 
-    code = cli.cmd_check(args, connect=connect)
+    code = cmd_check(args, connect=connect)
     if seen:
         assert seen[0][0].host == "pop.example.com"
     return code
@@ -373,7 +413,7 @@ def test_check_without_uidl_fails_after_showing_capa(
 ) -> None:
     capa = {"USER": [], "TOP": []}
     failure = ProtocolError("UIDL/LIST failed (-ERR unknown command); UIDL is required")
-    assert run_check(tmp_path, FakeSession(capa, failure)) == cli.EXIT_FAILED
+    assert run_check(tmp_path, FakeSession(capa, failure)) == EXIT_FAILED
     captured = capsys.readouterr()
     assert "uidl        NO (required by pop3-ingest)" in captured.out
     assert "failed error: UIDL/LIST failed" in captured.err
@@ -394,10 +434,8 @@ def test_check_bad_secret_file_exits_2(
     def connect(config: MailboxConfig, timeout: float) -> FakeSession:
         raise AssertionError("must not connect with a bad secret")
 
-    args = cli.build_parser().parse_args(
-        ["check", "--secret-file", write_secret(tmp_path, content)]
-    )
-    assert cli.cmd_check(args, connect=connect) == cli.EXIT_CONFIG
+    args = build_parser().parse_args(["check", "--secret-file", write_secret(tmp_path, content)])
+    assert cmd_check(args, connect=connect) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert err.startswith("pop3-ingest check: config error: secret file ")
     assert fragment in err
@@ -407,7 +445,7 @@ def test_check_bad_secret_file_exits_2(
 def test_check_missing_secret_file_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["check", "--secret-file", str(tmp_path / "nope.json")]) == 2
+    assert main(["check", "--secret-file", str(tmp_path / "nope.json")]) == 2
     assert "cannot read secret file" in capsys.readouterr().err
 
 
@@ -417,8 +455,8 @@ def test_check_secret_from_stdin(
     import io
 
     monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(SECRET)))
-    args = cli.build_parser().parse_args(["check", "--secret-file", "-", "--json"])
-    assert cli.cmd_check(args, connect=lambda c, t: FakeSession(CAPA, [])) == 0
+    args = build_parser().parse_args(["check", "--secret-file", "-", "--json"])
+    assert cmd_check(args, connect=lambda c, t: FakeSession(CAPA, [])) == 0
     assert json.loads(capsys.readouterr().out)["messages"] == 0
 
 
@@ -434,7 +472,7 @@ def test_check_with_secret_id_and_no_region_exits_2(
 
     # A provider cached by an earlier test would still know its region.
     monkeypatch.delitem(constants.DEFAULT_PROVIDERS, "secrets", raising=False)
-    assert cli.main(["check", "--secret-id", "mailbox-alice"]) == cli.EXIT_CONFIG
+    assert main(["check", "--secret-id", "mailbox-alice"]) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert err.startswith("pop3-ingest check: config error:")
     assert "AWS_REGION" in err
@@ -457,39 +495,44 @@ class FakeAnnouncer:
 def test_send_pointers_retries_refused_entries_once() -> None:
     pointers = [{"key": f"k{i}"} for i in range(5)]
     announcer = FakeAnnouncer([{1, 3}, {1}])  # second try: index 1 of [k1, k3] is k3
-    assert cli.send_pointers(announcer, pointers) == {3}
+    assert send_pointers(announcer, pointers) == {3}
     assert announcer.batches[1] == [{"key": "k1"}, {"key": "k3"}]
-    assert cli.send_pointers(FakeAnnouncer([]), pointers) == set()
+    assert send_pointers(FakeAnnouncer([]), pointers) == set()
 
 
 # -- the installed entry points ---------------------------------------------------------
 
 
-def test_module_runs_as_a_script() -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "functions")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pop3_ingest_cli", "--help"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "usage: pop3-ingest" in proc.stdout
-
-
-def test_console_script_is_installed() -> None:
+def entry_point(kind: str) -> list[str]:
+    """The command line that starts the CLI the way an operator would."""
+    if kind == "module":
+        return [sys.executable, "-m", "pop3_ingest_cli"]
     script = Path(sys.executable).parent / "pop3-ingest"
     if not script.exists():
         message = "package not installed in this interpreter's environment (make venv)"
         if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    proc = subprocess.run(
-        [str(script), "replay", "--help"], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "usage: pop3-ingest replay" in proc.stdout
-    bad = subprocess.run([str(script), "check"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2
+    return [str(script)]
+
+
+@pytest.mark.parametrize("kind", ["module", "console script"])
+def test_entry_point_runs_the_cli(kind: str) -> None:
+    command = entry_point(kind)
+    # Only the source trees: the CLI must not depend on the current directory.
+    paths = os.pathsep.join(str(REPO_ROOT / tree) for tree in ("functions", "cli"))
+    env = {**os.environ, "PYTHONPATH": paths}
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *argv], capture_output=True, text=True, env=env, timeout=60, check=False
+        )
+
+    shown = run("--help")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("usage: pop3-ingest")
+    for name in ("check", "replay", "quarantine"):
+        assert name in shown.stdout
+    usage_error = run("check")
+    assert usage_error.returncode == EXIT_CONFIG
+    assert "usage: pop3-ingest check" in usage_error.stderr

@@ -1,0 +1,175 @@
+"""``pop3-ingest check``: the "test settings" button for a mailbox secret.
+
+It logs in, shows what the server offers and how much mail waits, and changes
+nothing: no RETR, no DELE, and the session ends with QUIT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Protocol
+
+from pop3_ingest.config import MailboxConfig, TlsMode
+from pop3_ingest.errors import SecretError
+from pop3_ingest_cli import render
+from pop3_ingest_cli.errors import sensitive_values
+
+if TYPE_CHECKING:
+    from pop3_ingest.domain.message import ServerMessage
+
+
+class MailboxSession(Protocol):
+    """The part of :class:`pop3_ingest.pop3.Pop3Mailbox` that ``check`` uses."""
+
+    capabilities: dict[str, list[str]]
+    quit_ok: bool | None
+
+    def __enter__(self) -> MailboxSession: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def list_messages(self) -> list[ServerMessage]: ...
+
+
+Connect = Callable[[MailboxConfig, float], MailboxSession]
+
+
+def pop3_connect(config: MailboxConfig, timeout: float) -> MailboxSession:
+    from pop3_ingest.pop3 import Pop3Mailbox  # imported on first use: --help stays quick
+
+    return Pop3Mailbox(config, timeout=timeout)
+
+
+@dataclass
+class CheckReport:
+    """What ``check`` found; filled in as far as the session got."""
+
+    mailbox: str
+    host: str
+    port: int
+    tls: str
+    username: str
+    delete: bool
+    max_message_size: int
+    login: bool = False
+    capabilities: list[str] | None = None
+    uidl: bool | None = None
+    pipelining: bool | None = None
+    messages: int | None = None
+    total_bytes: int | None = None
+    largest_bytes: int | None = None
+    over_max_message_size: int | None = None
+    quit: bool | None = None
+
+    @classmethod
+    def for_config(cls, config: MailboxConfig) -> CheckReport:
+        return cls(
+            mailbox=config.mailbox,
+            host=config.host,
+            port=config.port,
+            tls=config.tls.value,
+            username=config.username,
+            delete=config.delete,
+            max_message_size=config.max_message_size,
+        )
+
+    @property
+    def certificate_verified(self) -> bool:
+        return self.login and self.tls != TlsMode.NONE.value
+
+
+def run_check(
+    config: MailboxConfig, report: CheckReport, *, timeout: float, connect: Connect
+) -> None:
+    """Log in, read CAPA, UIDL and LIST, and QUIT. Never RETR, never DELE.
+
+    ``report`` is filled in step by step, so a failure still shows how far it got.
+    """
+    with connect(config, timeout) as session:
+        # Entering the session means TCP, TLS (verified) and the login all succeeded.
+        report.login = True
+        capa = session.capabilities
+        report.capabilities = sorted(" ".join([name, *args]) for name, args in capa.items())
+        report.uidl = "UIDL" in capa if capa else None  # no CAPA: unknown until UIDL is tried
+        report.pipelining = "PIPELINING" in capa
+        listing = session.list_messages()  # UIDL + LIST; also proves UIDL works
+        report.uidl = True
+        report.messages = len(listing)
+        report.total_bytes = sum(m.size for m in listing)
+        report.largest_bytes = max((m.size for m in listing), default=0)
+        report.over_max_message_size = sum(1 for m in listing if m.size > config.max_message_size)
+    report.quit = session.quit_ok
+
+
+def _read_secret_text(path: str) -> str:
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SecretError(f"cannot read secret file {path!r}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise SecretError(f"secret file {path!r} is not UTF-8 text") from exc
+
+
+def load_secret_file(path: str) -> tuple[MailboxConfig, set[str]]:
+    """The config in a local secret file ('-': stdin) and the values never to print."""
+    text = _read_secret_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        # The decoder's message names a position, never the file's content.
+        raise SecretError(
+            f"secret file {path!r} is not valid JSON: {exc.msg} "
+            f"(line {exc.lineno}, column {exc.colno})"
+        ) from exc
+    secrets = sensitive_values(data)
+    try:
+        return MailboxConfig.from_secret(data), secrets
+    except SecretError as exc:
+        raise SecretError(f"secret file {path!r}: {exc}", exc.field) from exc
+
+
+def load_config(args: argparse.Namespace) -> tuple[MailboxConfig, set[str]]:
+    if args.secret_file is not None:
+        return load_secret_file(args.secret_file)
+    from pop3_ingest.integrations.secrets import load_mailbox_config
+
+    config = load_mailbox_config(args.secret_id)
+    return config, sensitive_values(config)
+
+
+def cmd_check(args: argparse.Namespace, connect: Connect = pop3_connect) -> int:
+    secrets: set[str] = set()
+    report: CheckReport | None = None
+    error: Exception | None = None
+    try:
+        config, secrets = load_config(args)
+        report = CheckReport.for_config(config)
+        run_check(config, report, timeout=args.timeout, connect=connect)
+    except Exception as exc:  # every failure becomes its exit code and one clear line
+        error = exc
+    document = {}
+    if report is not None:
+        document = {
+            **dataclasses.asdict(report),
+            "certificate_verified": report.certificate_verified,
+        }
+
+    def show() -> None:
+        # Until the login succeeded there is nothing to show but the error.
+        if report is not None and report.login:
+            render.print_check(report)
+
+    outcome = render.Outcome("check", document, show, error, secrets=frozenset(secrets))
+    return render.emit(outcome, as_json=args.json)

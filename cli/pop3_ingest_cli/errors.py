@@ -1,0 +1,117 @@
+"""The CLI's exit codes, which error gets which, and the one line an error is shown as.
+
+Exit codes (every command): 0 ok, 1 failed (protocol error, lost connection,
+an AWS call failed, pointers not sent), 2 usage, configuration or secret error,
+3 TLS or connection error, 4 login rejected, 5 mailbox busy (try later).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Iterable, Mapping
+
+from botocore.exceptions import (
+    ClientError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+)
+
+from pop3_ingest.errors import (
+    AnnounceError,
+    AuthError,
+    ConfigError,
+    ConnectError,
+    MailboxBusy,
+    SecretError,
+    TlsError,
+)
+from pop3_ingest.redaction import Redactor
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_CONNECT = 3
+EXIT_AUTH = 4
+EXIT_BUSY = 5
+EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C
+
+# The word an error line and a JSON document's "error_kind" give for each failure code.
+ERROR_KINDS = {
+    EXIT_FAILED: "failed",
+    EXIT_CONFIG: "config",
+    EXIT_CONNECT: "connect",
+    EXIT_AUTH: "auth",
+    EXIT_BUSY: "busy",
+}
+
+# AWS error codes that mean "the bucket or queue named on the command line is wrong".
+_MISSING_RESOURCE_CODES = frozenset(
+    {
+        "NoSuchBucket",
+        "AWS.SimpleQueueService.NonExistentQueue",
+        "QueueDoesNotExist",
+        "InvalidAddress",
+    }
+)
+# Secret fields whose values must never be printed, whatever the secret's shape.
+_SENSITIVE_FIELDS = frozenset(
+    {"password", "client_secret", "refresh_token", "access_token", "token"}
+)
+MAX_ERROR_CHARS = 500
+# A Redactor masks a secret shorter than its min_run only where it occurs whole.
+_WHOLE_SECRET = sys.maxsize
+_REGION_HINT = " (set AWS_REGION or a region in your AWS profile)"
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The documented exit code for an error."""
+    if isinstance(exc, ConfigError | SecretError):
+        return EXIT_CONFIG
+    if isinstance(exc, NoRegionError | NoCredentialsError | PartialCredentialsError):
+        return EXIT_CONFIG
+    if isinstance(exc, AnnounceError) and isinstance(exc.__cause__, ClientError):
+        return exit_code_for(exc.__cause__)
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        return EXIT_CONFIG if code in _MISSING_RESOURCE_CODES else EXIT_FAILED
+    if isinstance(exc, TlsError | ConnectError):
+        return EXIT_CONNECT
+    if isinstance(exc, AuthError):
+        return EXIT_AUTH
+    if isinstance(exc, MailboxBusy):
+        return EXIT_BUSY
+    return EXIT_FAILED
+
+
+def error_line(exc: BaseException, secrets: Iterable[str] = ()) -> str:
+    """One printable line for an error: no line breaks, bounded, secrets masked.
+
+    The text is ours; what of it came from a server or token endpoint was
+    already masked run by run where it was read (:mod:`pop3_ingest.redaction`).
+    Here :class:`~pop3_ingest.redaction.Redactor` masks each secret where it
+    occurs whole, as a last guard: runs of a few characters would garble our
+    own words ("connect" shares "ect " with "correct horse").
+    """
+    text = " ".join((str(exc) or type(exc).__name__).split())
+    hint = _REGION_HINT if isinstance(exc, NoRegionError) else ""
+    redactor = Redactor(secrets, min_run=_WHOLE_SECRET)
+    return redactor.mask(text, limit=MAX_ERROR_CHARS - len(hint)) + hint
+
+
+def sensitive_values(data: object) -> set[str]:
+    """Every string under a sensitive field name, in a secret's JSON or a loaded config."""
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        data = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+    found: set[str] = set()
+    if isinstance(data, Mapping):
+        for name, value in data.items():
+            if isinstance(value, str) and str(name).lower() in _SENSITIVE_FIELDS:
+                found.add(value)
+            else:
+                found |= sensitive_values(value)
+    elif isinstance(data, list | tuple):
+        for item in data:
+            found |= sensitive_values(item)
+    return found

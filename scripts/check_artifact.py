@@ -46,7 +46,7 @@ def main() -> int:
     for problem in found:
         print(f"check_artifact: {problem}", file=sys.stderr)
     if not found:
-        print(f"check_artifact: {', '.join(built)} hold the {PACKAGE} package and nothing else")
+        print(f"check_artifact: {', '.join(built)}: the {PACKAGE} package and nothing else")
     return 1 if found else 0
 
 

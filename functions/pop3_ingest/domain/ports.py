@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from pop3_ingest.domain.message import Readable, ServerMessage, StoredObject
+from pop3_ingest.domain.state import MailboxState
+from pop3_ingest.domain.summary import RunSummary
 
 # SendMessageBatch takes at most this many entries.
 SQS_BATCH_SIZE = 10
@@ -85,3 +87,56 @@ class Announcer(Protocol):
     def announce_batch(self, pointers: list[dict[str, Any]]) -> set[int]:
         """Send up to SQS_BATCH_SIZE pointers; the indexes that failed."""
         ...
+
+
+class StateSnapshot(Protocol):
+    """A mailbox's state as last read or written: the base of the store's next write."""
+
+    @property
+    def state(self) -> MailboxState: ...
+
+
+SnapshotT = TypeVar("SnapshotT", bound=StateSnapshot)
+
+
+class StateStore(Protocol[SnapshotT]):
+    """What a run needs of the state store: its memory, its lease, its quarantine records."""
+
+    def read(self, mailbox: str) -> SnapshotT: ...
+
+    def take_lease(
+        self, mailbox: str, owner: str, until: float, now: float, current: SnapshotT
+    ) -> SnapshotT | None:
+        """Claim the mailbox until ``until``; None when another live run holds it."""
+        ...
+
+    def write(self, mailbox: str, state: MailboxState, base: SnapshotT) -> SnapshotT:
+        """Save ``state``, a changed copy of ``base.state``, merged over others' writes."""
+        ...
+
+    def put_quarantine_record(self, mailbox: str, digest: str, record: dict[str, Any]) -> None: ...
+
+
+class Core(Protocol):
+    """The session engine as the run policy sees it (``MailboxIngest``)."""
+
+    @property
+    def login_delay(self) -> int:
+        """Seconds the server asked for between logins; 0 when it asked for none."""
+        ...
+
+    def run(self) -> RunSummary: ...
+
+
+class RunObserver(Protocol):
+    """Where the run policy's metrics and log lines go.
+
+    The policy calls ``log`` from one helper method only, so an observer that
+    records where a line came from can skip that helper and name its caller.
+    """
+
+    def count(self, metric: str) -> None:
+        """One more of ``metric`` (a count)."""
+        ...
+
+    def log(self, level: int, message: str, **fields: object) -> None: ...

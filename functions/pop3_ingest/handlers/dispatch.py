@@ -15,20 +15,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
+from pop3_ingest.domain.ports import SQS_BATCH_SIZE
 from pop3_ingest.errors import ConfigError, Pop3IngestError
+from pop3_ingest.handlers.observability import logger, metrics
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
-
-logger = Logger()
-metrics = Metrics()
 
 # A job sent twice within one window is dropped by SQS (FIFO deduplication),
 # so a retried dispatcher run does not double the work.
@@ -87,8 +85,8 @@ def enqueue_jobs(
     window = int(now // DEDUP_WINDOW_SECONDS)
     sent = 0
     failed: list[str] = []
-    for start in range(0, len(secret_names), 10):
-        batch = secret_names[start : start + 10]
+    for start in range(0, len(secret_names), SQS_BATCH_SIZE):
+        batch = secret_names[start : start + SQS_BATCH_SIZE]
         entries: list[SendMessageBatchRequestEntryTypeDef] = [
             {
                 "Id": str(index),

@@ -1,7 +1,7 @@
 """The one place the simulation touches the core (``pop3_ingest``).
 
 The models speak POP3 over a socket and keep S3/SQS as plain objects; this
-module plugs them into the real code: :class:`~pop3_ingest.pop3.connection.Pop3Mailbox`
+module plugs them into the real code: :class:`~pop3_ingest.pop3.Pop3Mailbox`
 for every session, the core's ports (``MessageStore`` and ``Announcer``,
 the latter through the real :class:`~pop3_ingest.integrations.sqs_announcer.SqsAnnouncer`
 over a model SQS client), and the state carried from run to run as JSON, as the
@@ -21,6 +21,7 @@ from tests.simulation.models import ModelBucket, ModelFault, ModelQueue, World
 
 from pop3_ingest.config import MailboxConfig, TlsMode
 from pop3_ingest.domain import ingest as core
+from pop3_ingest.domain import message as message_module
 from pop3_ingest.domain.deadline import Deadline
 from pop3_ingest.domain.ingest import MailboxIngest
 from pop3_ingest.domain.message import Readable, ServerMessage, StoredObject, uidl_digest
@@ -29,11 +30,11 @@ from pop3_ingest.domain.state import Failure, MailboxState
 from pop3_ingest.domain.summary import RunSummary
 from pop3_ingest.errors import Pop3IngestError, StoreError
 from pop3_ingest.integrations.sqs_announcer import SqsAnnouncer
-from pop3_ingest.pop3.connection import Pop3Mailbox
+from pop3_ingest.pop3 import Pop3Mailbox
 
 # Issue 8: a message without a unique UIDL is remembered by its UIDL text and size
 # (None on the core before it, which remembers UIDLs only).
-failure_key: Callable[[ServerMessage], str] | None = getattr(core, "failure_key", None)
+failure_key: Callable[[ServerMessage], str] | None = getattr(message_module, "failure_key", None)
 
 MAILBOX = "sim"
 QUEUE_URL = "https://sqs.invalid/000000000000/sim-queue"  # never contacted: the client is a model

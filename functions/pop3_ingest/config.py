@@ -1,17 +1,85 @@
-"""The function's settings (environment) and the mailbox secret's schema."""
+"""The function's settings and the mailbox secret: one schema each, and every default once.
+
+- :class:`MailboxConfig` is the secret's schema, :class:`OAuthSettings` its
+  ``auth`` object. :meth:`MailboxConfig.from_secret` turns any problem into a
+  :class:`SecretError` that names the field and never shows the value.
+- :class:`Settings` is the function's environment. :meth:`Settings.from_env`
+  turns any problem into a :class:`ConfigError` that names the variable.
+- The ``DEFAULT_*`` constants below are the only home of each default:
+  Settings, the secret and :class:`pop3_ingest.domain.options.IngestOptions`
+  all start from them (docs/configuration.md lists them).
+
+Both schemas are pydantic dataclasses. The secret refuses unknown fields, and
+no error carries its input (``hide_input_in_errors``).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import InitVar
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, TypeVar, get_args
 
+from pydantic import (
+    AfterValidator,
+    AliasGenerator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass, is_pydantic_dataclass
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+
+from pop3_ingest import redaction
 from pop3_ingest.errors import ConfigError, SecretError
-from pop3_ingest.integrations.oauth_tokens import OAuthSettings
+
+# -- every default, written once ---------------------------------------------------------
+
+MIB = 1024 * 1024
+DEFAULT_KEY_PREFIX = "mail/"
+DEFAULT_DELETE = True  # delete from the server once stored and announced
+DEFAULT_MAX_MESSAGES_PER_RUN = 500
+DEFAULT_MAX_MESSAGE_SIZE = 150 * MIB  # above every big provider's own limit
+DEFAULT_DEADLINE_MARGIN_SECONDS = 20.0
+DEFAULT_POP3_TIMEOUT_SECONDS = 30.0
+# A message must arrive within max(POP3_TIMEOUT_SECONDS, size / this): slow
+# enough for any real server, fast enough that a server dripping a byte a
+# second cannot hold a run for hours.
+DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND = 16 * 1024.0
+DEFAULT_PIPELINE_WINDOW = 64
+DEFAULT_UPLOAD_WORKERS = 8
+# A session is committed (QUIT, reconnect) after whichever comes first, so a
+# crash repeats at most that much work; each commit costs a reconnect.
+DEFAULT_COMMIT_EVERY_MESSAGES = 1000
+DEFAULT_COMMIT_EVERY_BYTES = 256 * MIB
+DEFAULT_COMMIT_EVERY_SECONDS = 60.0
+# Failures in a row (across runs) after which a message is quarantined.
+DEFAULT_POISON_THRESHOLD = 3
+# Failed logins in a row after which a mailbox waits for its secret to change.
+DEFAULT_AUTH_FAILURE_LIMIT = 3
+# Downloaded messages waiting for their upload, counted by the bytes actually
+# held (a LIST size can lie).
+DEFAULT_MEMORY_BUDGET = 32 * MIB
+# Bigger messages are spooled to a temporary file (Lambda's /tmp) while they
+# are hashed, so the digest is known before the object is written; S3 uploads
+# them in parts.
+DEFAULT_STREAM_THRESHOLD = 8 * MIB
+DEFAULT_SPOOL_BUDGET = 384 * MIB
+# A listing at least this long may be a provider's partial view (Gmail offers
+# about 250 per session): it is not proof that a message is gone, and draining
+# it is followed by another session.
+DEFAULT_CAPPED_LISTING = 200
 
 
 class TlsMode(StrEnum):
@@ -21,44 +89,225 @@ class TlsMode(StrEnum):
 
 
 DEFAULT_PORTS = {TlsMode.IMPLICIT: 995, TlsMode.STARTTLS: 110, TlsMode.NONE: 110}
-
-_MAILBOX_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
-_SECRET_FIELDS = {
-    "host",
-    "port",
-    "tls",
-    "username",
-    "password",
-    "ca_cert",
-    "mailbox",
-    "delete",
-    "max_message_size",
-    "interval_minutes",
-    "sasl",
-    "auth",
-}
 SASL_CHOICES = ("auto", "user", "plain", "xoauth2", "xoauth2-oneline")
-DEFAULT_MAX_MESSAGE_SIZE = 150 * 1024 * 1024  # above every big provider's own limit
-# A message must arrive within max(POP3_TIMEOUT_SECONDS, size / this): slow
-# enough for any real server, fast enough that a server dripping a byte a
-# second cannot hold a run for hours.
-DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND = 16 * 1024.0
+MICROSOFT_365_SCOPE = "https://outlook.office365.com/.default"
+# Where a token endpoint may be plain http (a local test or sidecar endpoint).
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_MAILBOX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+
+# -- the rules a field's value must keep ---------------------------------------------------
+
+_Value = TypeVar("_Value")
 
 
-@dataclass(frozen=True, repr=False)
+def _rule(holds: Callable[[Any], bool], must: str) -> AfterValidator:
+    """A check on one value; a failure is reported as "field 'x' <must>", never the value."""
+
+    def check(value: _Value) -> _Value:
+        if not holds(value):
+            raise PydanticCustomError("rule", must)
+        return value
+
+    return AfterValidator(check)
+
+
+def _one_line(text: str) -> bool:
+    return "\r" not in text and "\n" not in text
+
+
+def _bare_host(text: str) -> bool:
+    return "/" not in text and not any(c.isspace() for c in text)
+
+
+def _tls_mode(value: object) -> TlsMode:
+    """Any case names a mode (``"STARTTLS"``)."""
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "must be a string")
+    try:
+        return TlsMode(value.lower())
+    except ValueError:
+        raise PydanticCustomError("rule", f"must be one of {', '.join(TlsMode)}") from None
+
+
+def _token_url(url: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise PydanticCustomError("rule", "is not a valid URL") from None
+    if not host:
+        raise PydanticCustomError("rule", "needs a host name")
+    if parts.username is not None or parts.password is not None:
+        raise PydanticCustomError(
+            "rule", "must not carry credentials; use client_id and client_secret"
+        )
+    if parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK_HOSTS):
+        return url
+    raise PydanticCustomError(
+        "rule", "must be an https:// URL (plain http only to 127.0.0.1, ::1 or localhost)"
+    )
+
+
+def _key_prefix(prefix: str) -> str:
+    # Object keys are <prefix><mailbox>/...: a folder-like prefix, never one that climbs out.
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    if prefix.startswith("/") or ".." in prefix:
+        raise PydanticCustomError("rule", "must be a relative prefix such as 'mail/'")
+    return prefix
+
+
+_FILLED = _rule(lambda text: bool(text.strip()), "must not be empty")
+_Line = Annotated[StrictStr, _FILLED, _rule(_one_line, "must be a single line")]
+# Said without echoing the value: a CR/LF would inject POP3 commands.
+_Password = Annotated[StrictStr, _FILLED, _rule(_one_line, "must not contain line breaks")]
+_HostName = Annotated[_Line, _rule(_bare_host, "must be a bare host name")]
+_Port = Annotated[StrictInt, _rule(lambda port: 1 <= port <= 65535, "must be 1-65535")]
+_Tls = Annotated[TlsMode, PlainValidator(_tls_mode)]
+_Sasl = Annotated[
+    StrictStr, _rule(lambda sasl: sasl in SASL_CHOICES, f"must be one of {', '.join(SASL_CHOICES)}")
+]
+_MailboxName = Annotated[
+    StrictStr,
+    _rule(
+        _MAILBOX_NAME.fullmatch,
+        "must be 1-128 characters of letters, digits and . _ @ + -, "
+        "starting with a letter or digit",
+    ),
+]
+_PemText = Annotated[
+    StrictStr,
+    _rule(
+        lambda pem: "-----BEGIN CERTIFICATE-----" in pem,
+        "must be PEM text containing '-----BEGIN CERTIFICATE-----'",
+    ),
+]
+_MessageSize = Annotated[
+    StrictInt,
+    _rule(lambda size: size >= 1024, "must be an integer number of bytes, at least 1024"),
+]
+_IntervalMinutes = Annotated[
+    StrictInt,
+    _rule(lambda minutes: 0 <= minutes <= 10080, "must be an integer from 0 to 10080"),
+]
+_OAuthText = Annotated[
+    StrictStr, _FILLED, _rule(str.isprintable, "must not contain line breaks or control characters")
+]
+_TokenUrl = Annotated[_OAuthText, AfterValidator(_token_url)]
+_OAuthType = Annotated[
+    StrictStr | None, _rule(lambda kind: kind in (None, "oauth2"), 'must be "oauth2" (or left out)')
+]
+
+
+def _combination(field: str, sentence: str) -> PydanticCustomError:
+    """A rule on how fields go together; ``{name}`` in ``sentence`` becomes that field's
+    full name (``auth.scope``) when reported, and ``field`` is the one to fix."""
+    return PydanticCustomError("combination", sentence, {"field": field})
+
+
+# -- the mailbox secret --------------------------------------------------------------------
+
+_SECRET = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+@dataclass(frozen=True, repr=False, kw_only=True, config=_SECRET)
+class OAuthSettings:
+    """Where and how to get an access token: the secret's ``auth`` object (RFC 6749).
+
+    Client credentials (``scope`` and ``client_secret``; Microsoft 365 app-only)
+    or a refresh token (``refresh_token``, ``scope`` optional; Google).
+    """
+
+    token_url: _TokenUrl
+    client_id: _OAuthText
+    client_secret: _OAuthText | None = None
+    scope: _OAuthText | None = None
+    refresh_token: _OAuthText | None = None
+    type: InitVar[_OAuthType] = None  # "oauth2", or left out; not kept
+
+    def __post_init__(self, type: str | None) -> None:
+        if not self.scope and not self.refresh_token:
+            raise _combination(
+                "scope",
+                "mailbox secret field '{scope}' or '{refresh_token}' is required: a scope "
+                f"for the client-credentials grant (Microsoft 365 app-only: {MICROSOFT_365_SCOPE}),"
+                " or a refresh token (Google)",
+            )
+        if not self.refresh_token and not self.client_secret:
+            raise _combination(
+                "client_secret", "mailbox secret is missing required field '{client_secret}'"
+            )
+
+    @property
+    def grant_type(self) -> str:
+        return "refresh_token" if self.refresh_token else "client_credentials"
+
+    def __repr__(self) -> str:
+        # Secrets stay out of every log line that formats this object.
+        return (
+            f"OAuthSettings(token_url={redaction.display_url(self.token_url)!r}, "
+            f"client_id={self.client_id!r}, grant_type={self.grant_type!r}, scope={self.scope!r})"
+        )
+
+    def secret_values(self) -> tuple[str, ...]:
+        """The values that must never appear in an error message."""
+        return redaction.secret_values(self)
+
+    @classmethod
+    def from_secret(cls, data: object, prefix: str = "auth") -> OAuthSettings:
+        """Validate the secret's OAuth2 object; errors name the field as ``<prefix>.<field>``."""
+        return _validated(cls, data, prefix)
+
+
+@dataclass(frozen=True, repr=False, kw_only=True, config=_SECRET)
 class MailboxConfig:
-    host: str
-    port: int
-    tls: TlsMode
-    username: str
-    password: str
-    mailbox: str
-    delete: bool = True
-    ca_cert: str | None = None
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    interval_minutes: int = 0  # 0: every time the function is invoked
-    sasl: str = "auto"
-    oauth: OAuthSettings | None = None
+    """The mailbox secret: where the mailbox is, how to log in, what to do with its mail."""
+
+    # In the order problems are reported, the first one found.
+    host: _HostName
+    username: _Line
+    oauth: OAuthSettings | None = Field(default=None, alias="auth")
+    password: _Password = ""  # required unless `auth` is given
+    sasl: _Sasl = "auto"  # "xoauth2" when `auth` is given
+    tls: _Tls = TlsMode.IMPLICIT
+    port: _Port  # default: DEFAULT_PORTS for the tls mode
+    ca_cert: _PemText | None = None
+    delete: StrictBool = DEFAULT_DELETE
+    max_message_size: _MessageSize = DEFAULT_MAX_MESSAGE_SIZE
+    interval_minutes: _IntervalMinutes = 0  # 0: every time the function is invoked
+    mailbox: _MailboxName  # default: derive_mailbox_name(username, host)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_from_other_fields(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data  # keyword arguments, or not an object at all
+        filled = dict(data)
+        tls, host, username = (
+            data.get("tls", TlsMode.IMPLICIT),
+            data.get("host"),
+            data.get("username"),
+        )
+        if isinstance(tls, str) and tls.lower() in set(TlsMode):
+            filled.setdefault("port", DEFAULT_PORTS[TlsMode(tls.lower())])
+        if data.get("mailbox") is None and isinstance(host, str) and isinstance(username, str):
+            filled["mailbox"] = derive_mailbox_name(username, host)
+        filled.setdefault("sasl", "auto" if data.get("auth") is None else "xoauth2")
+        return filled
+
+    def __post_init__(self) -> None:
+        # With OAuth2 the token is the credential and the login must carry it.
+        if self.sasl.startswith("xoauth2") and self.oauth is None:
+            raise _combination(
+                "auth", "mailbox secret field '{sasl}' is xoauth2 but '{auth}' is missing"
+            )
+        if self.oauth is not None and not self.sasl.startswith("xoauth2"):
+            raise _combination(
+                "sasl", "with '{auth}' (OAuth2), '{sasl}' must be xoauth2 or xoauth2-oneline"
+            )
+        if self.oauth is None and not self.password:
+            raise _combination("password", "mailbox secret is missing required field '{password}'")
 
     def fingerprint(self) -> str:
         """Changes whenever the login settings change (a rotated secret, say)."""
@@ -67,6 +316,10 @@ class MailboxConfig:
         if self.oauth is not None:
             material += "\x00" + "\x00".join(self.oauth.secret_values()) + self.oauth.client_id
         return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+    def secret_values(self) -> tuple[str, ...]:
+        """What of this mailbox's settings must never be shown: password and OAuth2 secrets."""
+        return redaction.secret_values(self)
 
     def __repr__(self) -> str:
         # The password must never reach a log line through a repr.
@@ -78,123 +331,7 @@ class MailboxConfig:
     @classmethod
     def from_secret(cls, data: object) -> MailboxConfig:
         """Validate the decoded secret JSON; every problem names its field."""
-        if not isinstance(data, Mapping):
-            raise SecretError(f"mailbox secret must be a JSON object, got {type(data).__name__}")
-        unknown = sorted(str(k) for k in data if k not in _SECRET_FIELDS)
-        if unknown:
-            raise SecretError(
-                f"mailbox secret has unknown field(s): {', '.join(unknown)} "
-                f"(allowed: {', '.join(sorted(_SECRET_FIELDS))})",
-                field=unknown[0],
-            )
-        host = _required_str(data, "host")
-        if any(c.isspace() for c in host) or "/" in host:
-            raise SecretError("mailbox secret field 'host' must be a bare host name", "host")
-        username = _required_str(data, "username")
-        oauth = OAuthSettings.from_secret(data["auth"]) if "auth" in data else None
-        # With OAuth2 the token is the credential; a password is optional.
-        password = _required_str(data, "password") if oauth is None or "password" in data else ""
-        sasl = data.get("sasl", "xoauth2" if oauth else "auto")
-        if sasl not in SASL_CHOICES:
-            raise SecretError(
-                f"mailbox secret field 'sasl' must be one of {', '.join(SASL_CHOICES)}", "sasl"
-            )
-        if sasl.startswith("xoauth2") and oauth is None:
-            raise SecretError(
-                "mailbox secret field 'sasl' is xoauth2 but 'auth' is missing", "auth"
-            )
-        if oauth is not None and not sasl.startswith("xoauth2"):
-            raise SecretError(
-                "with 'auth' (OAuth2), 'sasl' must be xoauth2 or xoauth2-oneline", "sasl"
-            )
-
-        tls_raw = data.get("tls", TlsMode.IMPLICIT.value)
-        if not isinstance(tls_raw, str):
-            raise SecretError(
-                f"mailbox secret field 'tls' must be a string, got {type(tls_raw).__name__}",
-                "tls",
-            )
-        try:
-            tls = TlsMode(tls_raw.lower())
-        except ValueError:
-            raise SecretError(
-                f"mailbox secret field 'tls' must be one of implicit, starttls, none; "
-                f"got {tls_raw[:40]!r}",
-                "tls",
-            ) from None
-
-        port_raw = data.get("port", DEFAULT_PORTS[tls])
-        if isinstance(port_raw, bool) or not isinstance(port_raw, int):
-            raise SecretError(
-                f"mailbox secret field 'port' must be an integer, got {type(port_raw).__name__}",
-                "port",
-            )
-        if not 1 <= port_raw <= 65535:
-            raise SecretError(
-                f"mailbox secret field 'port' must be 1-65535, got {port_raw}", "port"
-            )
-
-        ca_cert = data.get("ca_cert")
-        if ca_cert is not None and (
-            not isinstance(ca_cert, str) or "-----BEGIN CERTIFICATE-----" not in ca_cert
-        ):
-            raise SecretError(
-                "mailbox secret field 'ca_cert' must be PEM text "
-                "containing '-----BEGIN CERTIFICATE-----'",
-                "ca_cert",
-            )
-
-        delete = data.get("delete", True)
-        if not isinstance(delete, bool):
-            raise SecretError(
-                f"mailbox secret field 'delete' must be true or false, got {type(delete).__name__}",
-                "delete",
-            )
-
-        max_size = data.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1024:
-            raise SecretError(
-                "mailbox secret field 'max_message_size' must be an integer number of "
-                "bytes, at least 1024",
-                "max_message_size",
-            )
-
-        interval = data.get("interval_minutes", 0)
-        if (
-            isinstance(interval, bool)
-            or not isinstance(interval, int)
-            or not 0 <= interval <= 10080
-        ):
-            raise SecretError(
-                "mailbox secret field 'interval_minutes' must be an integer from 0 to 10080",
-                "interval_minutes",
-            )
-
-        mailbox_raw = data.get("mailbox")
-        if mailbox_raw is None:
-            mailbox = derive_mailbox_name(username, host)
-        elif isinstance(mailbox_raw, str) and _MAILBOX_NAME.match(mailbox_raw):
-            mailbox = mailbox_raw
-        else:
-            raise SecretError(
-                "mailbox secret field 'mailbox' must be 1-128 characters of "
-                "letters, digits and . _ @ + -, starting with a letter or digit",
-                "mailbox",
-            )
-        return cls(
-            host=host,
-            port=port_raw,
-            tls=tls,
-            username=username,
-            password=password,
-            mailbox=mailbox,
-            delete=delete,
-            ca_cert=ca_cert,
-            max_message_size=max_size,
-            interval_minutes=interval,
-            sasl=sasl,
-            oauth=oauth,
-        )
+        return _validated(cls, data, prefix="")
 
 
 def derive_mailbox_name(username: str, host: str) -> str:
@@ -206,103 +343,167 @@ def derive_mailbox_name(username: str, host: str) -> str:
     return safe[:128]
 
 
-def _required_str(data: Mapping[str, Any], field: str) -> str:
-    if field not in data:
-        raise SecretError(f"mailbox secret is missing required field '{field}'", field)
-    value = data[field]
-    if not isinstance(value, str):
-        raise SecretError(
-            f"mailbox secret field '{field}' must be a string, got {type(value).__name__}",
-            field,
-        )
-    if not value.strip():
-        raise SecretError(f"mailbox secret field '{field}' must not be empty", field)
-    if field != "password" and ("\r" in value or "\n" in value):
-        raise SecretError(f"mailbox secret field '{field}' must be a single line", field)
-    if field == "password" and ("\r" in value or "\n" in value):
-        # Said without echoing the value: a CR/LF would inject POP3 commands.
-        raise SecretError("mailbox secret field 'password' must not contain line breaks", field)
-    return value
+_Schema = TypeVar("_Schema")
+_UNKNOWN = "unexpected_keyword_argument"  # pydantic's name for a field the schema lacks
+# What a value of the wrong JSON type should have been.
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "bool_type": "true or false",
+    "dataclass_type": "a JSON object",
+}
 
 
-@dataclass(frozen=True)
+def _validated(schema: type[_Schema], data: object, prefix: str) -> _Schema:
+    try:
+        return TypeAdapter(schema).validate_python(data)
+    except ValidationError as exc:
+        raise _secret_error(exc, schema, prefix) from None
+
+
+def _secret_error(exc: ValidationError, schema: type[Any], prefix: str) -> SecretError:
+    """The first problem as one sentence naming the field (``auth.scope``), never its value.
+
+    First means: an unknown field, then the fields in the order they are declared.
+    """
+    problems = exc.errors(include_url=False)
+    order = [info.alias or key for key, info in _fields(schema).items()]
+
+    def position(problem: Any) -> int:
+        loc = problem["loc"]
+        if problem["type"] == _UNKNOWN and len(loc) == 1:
+            return -2
+        if not loc:
+            return -1
+        return order.index(loc[0]) if loc[0] in order else len(order)
+
+    problem = min(problems, key=position)
+    if problem["type"] == _UNKNOWN:
+        level = problem["loc"][:-1]
+        unknown = [p for p in problems if p["type"] == _UNKNOWN and p["loc"][:-1] == level]
+        return _unknown_fields(unknown, schema, prefix)
+    at = [prefix, *map(str, problem["loc"])]
+
+    def name(*field: str) -> str:
+        return ".".join(part for part in (*at, *field) if part)
+
+    kind = problem["type"]
+    if kind == "combination":
+        sentence = problem["msg"].format_map(_FieldNames(name))
+        return SecretError(sentence, name(problem["ctx"]["field"]))
+    got = type(problem.get("input")).__name__
+    if not name():
+        return SecretError(f"mailbox secret must be a JSON object, got {got}")
+    if kind == "missing":
+        return SecretError(f"mailbox secret is missing required field '{name()}'", name())
+    must = f"must be {_EXPECTED[kind]}, got {got}" if kind in _EXPECTED else problem["msg"]
+    return SecretError(f"mailbox secret field '{name()}' {must}", name())
+
+
+class _FieldNames(dict[str, str]):
+    def __init__(self, name: Callable[[str], str]) -> None:
+        super().__init__()
+        self.name = name
+
+    def __missing__(self, key: str) -> str:
+        return self.name(key)
+
+
+def _unknown_fields(problems: list[Any], schema: type[Any], prefix: str) -> SecretError:
+    def name(*parts: object) -> str:
+        return ".".join(str(part)[:40] for part in (prefix, *parts) if part)
+
+    level = problems[0]["loc"][:-1]
+    unknown = sorted(name(*p["loc"]) for p in problems)
+    allowed = (name(*level, field) for field in _field_names(schema, level))
+    return SecretError(
+        f"mailbox secret has unknown field(s): {', '.join(unknown)} "
+        f"(allowed: {', '.join(allowed)})",
+        unknown[0],
+    )
+
+
+def _field_names(schema: type[Any], level: tuple[Any, ...]) -> list[str]:
+    """The names a secret object may hold at ``level`` (``()``, or ``("auth",)``)."""
+    for part in level:
+        info = next(f for key, f in _fields(schema).items() if (f.alias or key) == part)
+        kinds = (*get_args(info.annotation), info.annotation)
+        schema = next(kind for kind in kinds if is_pydantic_dataclass(kind))
+    return sorted(info.alias or key for key, info in _fields(schema).items())
+
+
+def _fields(schema: type[Any]) -> dict[str, FieldInfo]:
+    assert is_pydantic_dataclass(schema)
+    return schema.__pydantic_fields__
+
+
+# -- the function's environment ------------------------------------------------------------
+
+_Count = Annotated[int, Field(ge=1)]
+
+
+@dataclass(
+    frozen=True,
+    kw_only=True,
+    config=ConfigDict(
+        hide_input_in_errors=True,
+        validate_by_name=True,
+        # Each field is read from its name in capitals: pipeline_window <- PIPELINE_WINDOW.
+        alias_generator=AliasGenerator(validation_alias=str.upper),
+    ),
+)
 class Settings:
     """What the function reads from its environment, validated once per invocation."""
 
-    secret_id: str | None
-    bucket: str
+    secret_id: str | None = None
+    bucket: str = Field(validation_alias="BUCKET_NAME")
     queue_url: str
-    key_prefix: str = "mail/"
-    max_messages_per_run: int = 500
-    deadline_margin_seconds: float = 20.0
-    pop3_timeout_seconds: float = 30.0
-    min_transfer_bytes_per_second: float = DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND
-    pipeline_window: int = 64
-    upload_workers: int = 8
-    commit_every_messages: int = 1000
-    commit_every_bytes: int = 256 * 1024 * 1024
-    commit_every_seconds: float = 60.0
-    poison_threshold: int = 3
-    auth_failure_limit: int = 3
+    key_prefix: Annotated[str, AfterValidator(_key_prefix)] = DEFAULT_KEY_PREFIX
+    max_messages_per_run: Annotated[int, Field(ge=0)] = DEFAULT_MAX_MESSAGES_PER_RUN
+    deadline_margin_seconds: Annotated[float, Field(ge=0.0)] = DEFAULT_DEADLINE_MARGIN_SECONDS
+    pop3_timeout_seconds: Annotated[float, Field(ge=0.1)] = DEFAULT_POP3_TIMEOUT_SECONDS
+    min_transfer_bytes_per_second: Annotated[float, Field(ge=1.0)] = (
+        DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND
+    )
+    pipeline_window: _Count = DEFAULT_PIPELINE_WINDOW
+    upload_workers: _Count = DEFAULT_UPLOAD_WORKERS
+    commit_every_messages: _Count = DEFAULT_COMMIT_EVERY_MESSAGES
+    commit_every_bytes: _Count = DEFAULT_COMMIT_EVERY_BYTES
+    commit_every_seconds: Annotated[float, Field(ge=1.0)] = DEFAULT_COMMIT_EVERY_SECONDS
+    poison_threshold: _Count = DEFAULT_POISON_THRESHOLD
+    auth_failure_limit: _Count = DEFAULT_AUTH_FAILURE_LIMIT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        bucket = env.get("BUCKET_NAME", "").strip()
-        queue_url = env.get("QUEUE_URL", "").strip()
-        missing = [name for name, v in (("BUCKET_NAME", bucket), ("QUEUE_URL", queue_url)) if not v]
-        if missing:
-            raise ConfigError(f"environment variable(s) not set: {', '.join(missing)}")
-        prefix = env.get("KEY_PREFIX", "mail/")
-        if prefix and not prefix.endswith("/"):
-            prefix += "/"
-        if prefix.startswith("/") or ".." in prefix:
-            raise ConfigError("KEY_PREFIX must be a relative prefix such as 'mail/'")
-        return cls(
-            secret_id=env.get("SECRET_ID", "").strip() or None,
-            bucket=bucket,
-            queue_url=queue_url,
-            key_prefix=prefix,
-            max_messages_per_run=_int_env(env, "MAX_MESSAGES_PER_RUN", 500, minimum=0),
-            deadline_margin_seconds=_float_env(env, "DEADLINE_MARGIN_SECONDS", 20.0),
-            pop3_timeout_seconds=_float_env(env, "POP3_TIMEOUT_SECONDS", 30.0, minimum=0.1),
-            min_transfer_bytes_per_second=_float_env(
-                env,
-                "MIN_TRANSFER_BYTES_PER_SECOND",
-                DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND,
-                minimum=1.0,
-            ),
-            pipeline_window=_int_env(env, "PIPELINE_WINDOW", 64, minimum=1),
-            upload_workers=_int_env(env, "UPLOAD_WORKERS", 8, minimum=1),
-            commit_every_messages=_int_env(env, "COMMIT_EVERY_MESSAGES", 1000, minimum=1),
-            commit_every_bytes=_int_env(env, "COMMIT_EVERY_BYTES", 256 * 1024 * 1024, minimum=1),
-            commit_every_seconds=_float_env(env, "COMMIT_EVERY_SECONDS", 60.0, minimum=1.0),
-            poison_threshold=_int_env(env, "POISON_THRESHOLD", 3, minimum=1),
-            auth_failure_limit=_int_env(env, "AUTH_FAILURE_LIMIT", 3, minimum=1),
-        )
+        # An empty variable counts as not set; KEY_PREFIX alone is taken as
+        # written (empty: keys at the bucket's root).
+        given = {name: env[name].strip() for name in _ENV_NAMES if env.get(name, "").strip()}
+        if "KEY_PREFIX" in env:
+            given["KEY_PREFIX"] = env["KEY_PREFIX"]
+        try:
+            return TypeAdapter(cls).validate_python(given)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
 
 
-def _int_env(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw[:40]!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
+_ENV_NAMES = tuple(str(info.validation_alias) for info in _fields(Settings).values())
 
 
-def _float_env(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw[:40]!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
+def _config_error(exc: ValidationError) -> ConfigError:
+    """The first problem, naming its variable (every unset required one at once)."""
+    problems = exc.errors(include_url=False)
+    missing = [str(p["loc"][0]) for p in problems if p["type"] == "missing"]
+    if missing:
+        return ConfigError(f"environment variable(s) not set: {', '.join(missing)}")
+    problem = problems[0]
+    kind = problem["type"]
+    if kind == "greater_than_equal":
+        must = f"must be >= {problem['ctx']['ge']}"
+    elif kind.startswith("int_"):
+        must = "must be an integer"
+    elif kind.startswith("float_"):
+        must = "must be a number"
+    else:
+        must = problem["msg"]
+    return ConfigError(f"{problem['loc'][0]} {must}")

@@ -24,7 +24,14 @@ class SecretError(Pop3IngestError):
 
 
 class Pop3Error(Pop3IngestError):
-    """Something went wrong talking to the POP3 server."""
+    """Something went wrong talking to the POP3 server.
+
+    ``code`` is the response code it answered with, if any (RFC 2449, RFC 3206).
+    """
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ConnectError(Pop3Error):
@@ -38,17 +45,14 @@ class TlsError(Pop3Error):
 class AuthError(Pop3Error):
     """The server rejected the credentials ([AUTH], [SYS/PERM] or plain -ERR)."""
 
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-
 
 class MailboxBusy(Pop3Error):
     """The server asked us to come back later ([IN-USE], [LOGIN-DELAY], [SYS/TEMP])."""
 
+    code: str  # always given: what to wait for decides how long
+
     def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
 
 
 class ProtocolError(Pop3Error):

@@ -1,6 +1,11 @@
 """The one home of redaction: what of a remote party's text may reach a log line or an error.
 
-Two rules (docs/security.md):
+What is a secret: every value under a :data:`SECRET_FIELDS` name
+(:func:`secret_values`), plus what only its user derives (an access token, the
+base64 SASL strings). A URL is shown without its credentials, query and
+fragment (:func:`display_url`).
+
+Two rules for text (docs/security.md):
 
 - What a server answers to a credential (USER, PASS, every AUTH step) is never
   shown. Only its response code is kept, and only when it is a registered one
@@ -23,9 +28,10 @@ diagnostics useless; runs of 5 or more would let 4-character pieces through.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 MIN_SECRET_RUN = 4
 MASK = "***"
@@ -34,6 +40,9 @@ DEFAULT_LIMIT = 200
 # to a credential that are ever repeated. Anything else in the brackets is
 # server text, and a hostile server could put a piece of the password there.
 RESPONSE_CODES = frozenset({"AUTH", "IN-USE", "LOGIN-DELAY", "SYS/PERM", "SYS/TEMP", "UTF8"})
+# Fields whose values are secrets wherever they appear: in the mailbox
+# secret's JSON, in a parsed MailboxConfig, in a token endpoint's answer.
+SECRET_FIELDS = frozenset({"password", "client_secret", "refresh_token", "access_token", "token"})
 # Masking a masked text again changes nothing, short of a secret made of "*".
 _MAX_PASSES = 8
 _CODE = re.compile(rb"^-ERR \[([A-Za-z0-9/\-]+)\]")
@@ -119,6 +128,22 @@ def printable(raw: bytes, secrets: Iterable[str | bytes] = (), limit: int = 120)
     return Redactor(secrets).mask(raw, limit)
 
 
+def secret_values(data: object) -> tuple[str, ...]:
+    """Every non-empty string held under a :data:`SECRET_FIELDS` name, at any depth, in
+    the order found: in decoded JSON (dicts and lists) and in dataclasses alike."""
+    found: dict[str, None] = {}  # ordered, without repeats
+    _collect_secrets(data, found)
+    return tuple(found)
+
+
+def display_url(url: str) -> str:
+    """A URL for a message: no user information, query or fragment (they may carry
+    credentials or tokens)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def credential_refusal(line: bytes) -> bytes:
     """What may be kept of a server's ``-ERR`` to USER, PASS or AUTH: ``-ERR [CODE]``.
 
@@ -144,6 +169,21 @@ def _forms(secrets: Iterable[str | bytes]) -> set[bytes]:
         with contextlib.suppress(UnicodeEncodeError):  # a lone surrogate has no URL form
             forms.add(urllib.parse.quote_plus(secret, safe="").encode("ascii"))
     return forms
+
+
+def _collect_secrets(data: object, found: dict[str, None]) -> None:
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        data = {field.name: getattr(data, field.name) for field in dataclasses.fields(data)}
+    if isinstance(data, Mapping):
+        for name, value in data.items():
+            if isinstance(value, str) and str(name).lower() in SECRET_FIELDS:
+                if value:
+                    found[value] = None
+            else:
+                _collect_secrets(value, found)
+    elif isinstance(data, list | tuple):
+        for item in data:
+            _collect_secrets(item, found)
 
 
 def _printable(text: str) -> str:

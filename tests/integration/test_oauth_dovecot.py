@@ -17,12 +17,8 @@ from tests.support.corpus import simple_message
 from tests.support.dovecot import DovecotServer
 from tests.support.oauth_server import OAuthTestServer, oauth_dovecot
 
-from pop3_ingest.integrations.oauth_tokens import (
-    MICROSOFT_365_SCOPE,
-    OAuthSettings,
-    TokenProvider,
-    clear_token_cache,
-)
+from pop3_ingest.config import MICROSOFT_365_SCOPE, OAuthSettings
+from pop3_ingest.integrations.oauth_tokens import TokenProvider, clear_token_cache
 from pop3_ingest.pop3 import auth as sasl
 from pop3_ingest.pop3.auth import SaslRejected
 
@@ -203,7 +199,7 @@ def test_long_password_uses_the_two_step_plain_form(
 def test_handler_fetches_with_oauth2_client_credentials(
     server: DovecotServer, oauth: OAuthTestServer, aws: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.integration.conftest import Harness
+    from tests.support.harness import Harness
 
     harness = Harness(dovecot=server, aws=aws, monkeypatch=monkeypatch, user=USER)
     secret = server.secret(USER, mailbox="m365")
@@ -233,7 +229,7 @@ def test_handler_with_a_rejected_client_secret_is_a_clear_auth_error(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from tests.integration.conftest import Harness
+    from tests.support.harness import Harness
 
     from pop3_ingest.errors import AuthError
 

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from tests.support.oauth_server import OAuthTestServer
 
+from pop3_ingest.config import MICROSOFT_365_SCOPE, OAuthSettings
 from pop3_ingest.errors import AuthError, ConnectError, SecretError
 from pop3_ingest.integrations import oauth_tokens as oauth
 from pop3_ingest.integrations.oauth_tokens import (
-    MICROSOFT_365_SCOPE,
-    OAuthSettings,
     TokenProvider,
     clear_token_cache,
+    token_request_form,
 )
 
 CLIENT_SECRET = "cl1ent-S3CRET-value"
@@ -87,7 +87,7 @@ def test_client_credentials_settings() -> None:
     assert settings.grant_type == "client_credentials"
     assert settings.scope == MICROSOFT_365_SCOPE
     assert settings.refresh_token is None
-    assert settings.form() == {
+    assert token_request_form(settings) == {
         "grant_type": "client_credentials",
         "client_id": APP_ONLY["client_id"],
         "client_secret": CLIENT_SECRET,
@@ -104,15 +104,15 @@ def test_type_oauth2_is_accepted() -> None:
 def test_refresh_token_settings() -> None:
     settings = OAuthSettings.from_secret(GOOGLE)
     assert settings.grant_type == "refresh_token"
-    assert settings.form()["refresh_token"] == REFRESH_TOKEN
-    assert "scope" not in settings.form()
+    assert token_request_form(settings)["refresh_token"] == REFRESH_TOKEN
+    assert "scope" not in token_request_form(settings)
 
 
 def test_refresh_token_grant_may_carry_a_scope_and_omit_the_secret() -> None:
     data = {**GOOGLE, "scope": "https://mail.google.com/"}
     del data["client_secret"]
     settings = OAuthSettings.from_secret(data)
-    assert settings.form() == {
+    assert token_request_form(settings) == {
         "grant_type": "refresh_token",
         "client_id": GOOGLE["client_id"],
         "refresh_token": REFRESH_TOKEN,

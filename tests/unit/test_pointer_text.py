@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pop3_ingest.domain.message import StoredMessage, parse_header_fields, sqs_text
-from pop3_ingest.integrations.sqs_announcer import BATCH_SIZE, MAX_PAYLOAD_BYTES, pointer_body
+from pop3_ingest.domain.ports import SQS_BATCH_SIZE
+from pop3_ingest.integrations.sqs_announcer import MAX_PAYLOAD_BYTES, pointer_body
 
 # SQS's rule written out again, independently of the package's own.
 SQS_ALLOWED = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
@@ -93,4 +94,4 @@ def test_the_largest_possible_pointer_fits_sqs_limit_for_one_message() -> None:
     body = pointer_body(stored(head, "\x01" * 2048).pointer())
     assert len(body.encode()) <= MAX_PAYLOAD_BYTES
     # A batch of such pointers needs more than one call (the announcer splits it).
-    assert BATCH_SIZE * len(body.encode()) > MAX_PAYLOAD_BYTES
+    assert SQS_BATCH_SIZE * len(body.encode()) > MAX_PAYLOAD_BYTES

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 
 import pytest
 from hypothesis import given, settings
@@ -14,7 +15,9 @@ from pop3_ingest.redaction import (
     RESPONSE_CODES,
     Redactor,
     credential_refusal,
+    display_url,
     printable,
+    secret_values,
 )
 
 K = MIN_SECRET_RUN
@@ -102,6 +105,36 @@ def test_masking_cannot_build_a_secret_run_out_of_the_mask_or_the_cut() -> None:
     assert runs_of(cut, text) == []
 
 
+def test_secret_values_are_found_by_field_name_at_any_depth() -> None:
+    @dataclasses.dataclass
+    class Login:
+        user: str
+        password: str
+
+    data = {
+        "host": "pop.example.com",
+        "Password": "pw-1",
+        "auth": {"client_secret": "cs-2", "scope": "s", "refresh_token": ""},
+        "tokens": [{"access_token": "at-3"}, {"token": "t-4"}],
+        "login": Login("alice", "pw-5"),
+        "note": "pw-1",
+    }
+    assert secret_values(data) == ("pw-1", "cs-2", "at-3", "t-4", "pw-5")
+    assert secret_values(["pw", 1, None]) == ()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://login.example.com/t?code=abc#frag", "https://login.example.com/t"),
+        ("https://user:pw@login.example.com:8443/t", "https://login.example.com:8443/t"),
+        ("http://[::1]:8080/token", "http://[::1]:8080/token"),
+    ],
+)
+def test_a_url_is_shown_without_credentials_query_or_fragment(url: str, shown: str) -> None:
+    assert display_url(url) == shown
+
+
 def test_printable_keeps_its_old_signature() -> None:
     assert printable(b"-ERR hunter2-secret-x", (b"hunter2-secret-x",), limit=120) == f"-ERR {MASK}"
 
@@ -160,7 +193,7 @@ def test_no_slice_survives_in_server_bytes(case: tuple[str, str, str], encoding:
 
 def test_a_listing_line_out_of_step_is_masked_in_the_error() -> None:
     from pop3_ingest.errors import SessionOutOfStep
-    from pop3_ingest.pop3.connection import parse_listing
+    from pop3_ingest.pop3.listing import parse_listing
 
     secret = b"Zq9!xW2#vR7$"
     with pytest.raises(SessionOutOfStep) as info:

@@ -1,35 +1,64 @@
-"""The core's tuning knobs for one run."""
+"""The core's tuning knobs for one run; every default comes from :mod:`pop3_ingest.config`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-MIB = 1024 * 1024
+from pop3_ingest.config import (
+    DEFAULT_CAPPED_LISTING,
+    DEFAULT_COMMIT_EVERY_BYTES,
+    DEFAULT_COMMIT_EVERY_MESSAGES,
+    DEFAULT_COMMIT_EVERY_SECONDS,
+    DEFAULT_DELETE,
+    DEFAULT_KEY_PREFIX,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MEMORY_BUDGET,
+    DEFAULT_PIPELINE_WINDOW,
+    DEFAULT_POISON_THRESHOLD,
+    DEFAULT_SPOOL_BUDGET,
+    DEFAULT_STREAM_THRESHOLD,
+    DEFAULT_UPLOAD_WORKERS,
+    MIB,
+    MailboxConfig,
+    Settings,
+)
+
+__all__ = ["MIB", "IngestOptions"]
 
 
 @dataclass(frozen=True)
 class IngestOptions:
-    key_prefix: str = "mail/"
-    delete: bool = True
-    max_messages: int = 0  # 0: no cap
-    max_message_size: int = 50 * MIB
-    pipeline_window: int = 64
-    upload_workers: int = 8
-    # Downloaded messages waiting for their upload, counted by the bytes
-    # actually held (a LIST size can lie).
-    memory_budget: int = 32 * MIB
-    # Bigger messages are spooled to a temporary file (Lambda's /tmp) while
-    # they are hashed, so the digest is known before the object is written.
-    stream_threshold: int = 8 * MIB
-    spool_budget: int = 384 * MIB
-    # A session is committed (QUIT, reconnect) after whichever comes first, so
-    # a crash repeats at most that much work; each commit costs a reconnect.
-    commit_every_messages: int = 1000
-    commit_every_bytes: int = 256 * MIB
-    commit_every_seconds: float = 60.0
-    # Failures in a row (across runs) after which a message is quarantined.
-    poison_threshold: int = 3
-    # A listing at least this long may be a provider's partial view (Gmail
-    # offers about 250 per session): it is not proof that a message is gone,
-    # and draining it is followed by another session.
-    capped_listing: int = 200
+    """What :class:`pop3_ingest.domain.ingest.MailboxIngest` may do in one run.
+
+    The meaning of each knob is given where its default is (pop3_ingest.config).
+    """
+
+    key_prefix: str = DEFAULT_KEY_PREFIX
+    delete: bool = DEFAULT_DELETE
+    # 0: the core caps nothing; a function run is capped by MAX_MESSAGES_PER_RUN.
+    max_messages: int = 0
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    pipeline_window: int = DEFAULT_PIPELINE_WINDOW
+    upload_workers: int = DEFAULT_UPLOAD_WORKERS
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    stream_threshold: int = DEFAULT_STREAM_THRESHOLD
+    spool_budget: int = DEFAULT_SPOOL_BUDGET
+    commit_every_messages: int = DEFAULT_COMMIT_EVERY_MESSAGES
+    commit_every_bytes: int = DEFAULT_COMMIT_EVERY_BYTES
+    commit_every_seconds: float = DEFAULT_COMMIT_EVERY_SECONDS
+    poison_threshold: int = DEFAULT_POISON_THRESHOLD
+    capped_listing: int = DEFAULT_CAPPED_LISTING
+
+    @classmethod
+    def from_settings(cls, settings: Settings, config: MailboxConfig) -> IngestOptions:
+        """The options of one function run: each setting of the same name, the run's
+        message cap, and the mailbox secret's own choices (delete, max_message_size)."""
+        shared = {
+            f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)
+        }
+        return cls(
+            **shared,
+            max_messages=settings.max_messages_per_run,
+            delete=config.delete,
+            max_message_size=config.max_message_size,
+        )

@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,6 +32,7 @@ from pop3_ingest.errors import StateDamaged, StoreError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import PutObjectRequestTypeDef
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class _Conflict(Exception):  # an internal signal, never leaves this module
     """Someone else wrote the document since our snapshot."""
 
 
+@dataclass(frozen=True)
 class S3StateStore:
     """``<prefix>_state/<mailbox>.json`` and ``<prefix>_quarantine/<mailbox>/<digest>.json``.
 
@@ -83,29 +85,20 @@ class S3StateStore:
     ``on_damaged`` is told each time a damaged state is set aside.
     """
 
-    def __init__(
-        self,
-        client: S3Client,
-        bucket: str,
-        prefix: str,
-        *,
-        time_left: Callable[[], float] | None = None,
-        on_damaged: Callable[[str], None] | None = None,
-    ) -> None:
-        self._client = client
-        self._bucket = bucket
-        self._prefix = prefix
-        self._time_left = time_left
-        self._on_damaged = on_damaged
+    client: S3Client
+    bucket: str
+    prefix: str
+    time_left: Callable[[], float] | None = field(default=None, kw_only=True)
+    on_damaged: Callable[[str], None] | None = field(default=None, kw_only=True)
 
     def state_key(self, mailbox: str) -> str:
-        return f"{self._prefix}_state/{mailbox}.json"
+        return f"{self.prefix}_state/{mailbox}.json"
 
     def damaged_key(self, mailbox: str, at: datetime) -> str:
-        return f"{self._prefix}_state/damaged/{mailbox}.{at:%Y%m%dT%H%M%S.%fZ}.json"
+        return f"{self.prefix}_state/damaged/{mailbox}.{at:%Y%m%dT%H%M%S.%fZ}.json"
 
     def quarantine_prefix(self, mailbox: str) -> str:
-        return f"{self._prefix}_quarantine/{mailbox}/"
+        return f"{self.prefix}_quarantine/{mailbox}/"
 
     def quarantine_key(self, mailbox: str, digest: str) -> str:
         return f"{self.quarantine_prefix(mailbox)}{digest}.json"
@@ -117,20 +110,18 @@ class S3StateStore:
         key = self.state_key(mailbox)
 
         def get() -> tuple[str, bytes | None]:
-            response = self._client.get_object(Bucket=self._bucket, Key=key)
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
             if response["ContentLength"] > _MAX_STATE_BYTES:
                 response["Body"].close()
                 return response["ETag"], None
             return response["ETag"], response["Body"].read()
 
         try:
-            etag, body = self._bounded(f"read s3://{self._bucket}/{key}", get)
-        except ClientError as exc:
+            etag, body = self._bounded(f"read s3://{self.bucket}/{key}", get)
+        except (ClientError, BotoCoreError) as exc:
             if _is(exc, _GONE):
                 return Snapshot(MailboxState(), None)
-            raise StoreError(f"cannot read run state s3://{self._bucket}/{key}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StoreError(f"cannot read run state s3://{self._bucket}/{key}: {exc}") from exc
+            raise StoreError(f"cannot read run state s3://{self.bucket}/{key}: {exc}") from exc
         try:
             return Snapshot(_parse(body), etag)
         except StateDamaged as exc:
@@ -142,11 +133,11 @@ class S3StateStore:
         try:
             # Exactly the version that was read, even if it changed since.
             self._bounded(
-                f"set aside s3://{self._bucket}/{key}",
-                lambda: self._client.copy_object(
-                    Bucket=self._bucket,
+                f"set aside s3://{self.bucket}/{key}",
+                lambda: self.client.copy_object(
+                    Bucket=self.bucket,
                     Key=aside,
-                    CopySource={"Bucket": self._bucket, "Key": key},
+                    CopySource={"Bucket": self.bucket, "Key": key},
                     CopySourceIfMatch=etag,
                 ),
             )
@@ -161,8 +152,8 @@ class S3StateStore:
             "run state damaged; set aside, this run starts from an empty state",
             extra={"key": key, "set_aside_as": aside, "error": str(damage)},
         )
-        if self._on_damaged is not None:
-            self._on_damaged(str(damage))
+        if self.on_damaged is not None:
+            self.on_damaged(str(damage))
         return Snapshot(MailboxState(), etag, damaged=str(damage))
 
     # -- writing -------------------------------------------------------------------
@@ -210,52 +201,45 @@ class S3StateStore:
         body = json.dumps(record, separators=(",", ":")).encode()
         try:
             self._bounded(
-                f"write s3://{self._bucket}/{key}",
-                lambda: self._client.put_object(
-                    Bucket=self._bucket, Key=key, Body=body, ContentType="application/json"
+                f"write s3://{self.bucket}/{key}",
+                lambda: self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=body, ContentType="application/json"
                 ),
             )
         except (ClientError, BotoCoreError) as exc:
-            raise StoreError(f"cannot write s3://{self._bucket}/{key}: {exc}") from exc
+            raise StoreError(f"cannot write s3://{self.bucket}/{key}: {exc}") from exc
 
     def _put_state(self, mailbox: str, state: MailboxState, etag: str | None) -> Snapshot:
         key = self.state_key(mailbox)
         body = state.to_bytes()
 
         def put() -> str:
+            request: PutObjectRequestTypeDef = {
+                "Bucket": self.bucket,
+                "Key": key,
+                "Body": body,
+                "ContentType": "application/json",
+            }
+            # Only over the version read, or where there is none yet.
             if etag is None:
-                response = self._client.put_object(
-                    Bucket=self._bucket,
-                    Key=key,
-                    Body=body,
-                    ContentType="application/json",
-                    IfNoneMatch="*",
-                )
+                request["IfNoneMatch"] = "*"
             else:
-                response = self._client.put_object(
-                    Bucket=self._bucket,
-                    Key=key,
-                    Body=body,
-                    ContentType="application/json",
-                    IfMatch=etag,
-                )
-            return response["ETag"]
+                request["IfMatch"] = etag
+            return self.client.put_object(**request)["ETag"]
 
         try:
-            new_etag = self._bounded(f"write s3://{self._bucket}/{key}", put)
-        except ClientError as exc:
+            new_etag = self._bounded(f"write s3://{self.bucket}/{key}", put)
+        except (ClientError, BotoCoreError) as exc:
             if _is(exc, _CONFLICT) or (etag is not None and _is(exc, _GONE)):
                 raise _Conflict from exc
-            raise StoreError(f"cannot write run state s3://{self._bucket}/{key}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StoreError(f"cannot write run state s3://{self._bucket}/{key}: {exc}") from exc
+            raise StoreError(f"cannot write run state s3://{self.bucket}/{key}: {exc}") from exc
         return Snapshot(state.copy(), new_etag)
 
     def _bounded(self, what: str, call: Callable[[], T]) -> T:
         """``call()``, or StoreError once the deadline comes first."""
-        if self._time_left is None:
+        if self.time_left is None:
             return call()
-        left = self._time_left()
+        left = self.time_left()
         if left <= 0:
             raise StoreError(f"no time left to {what}")
         outcome: Future[T] = Future()
@@ -279,7 +263,9 @@ def _parse(body: bytes | None) -> MailboxState:
     return MailboxState.from_bytes(body)
 
 
-def _is(exc: ClientError, kind: tuple[frozenset[str], frozenset[int]]) -> bool:
+def _is(exc: ClientError | BotoCoreError, kind: tuple[frozenset[str], frozenset[int]]) -> bool:
+    if not isinstance(exc, ClientError):
+        return False  # no answer from S3 at all
     codes, statuses = kind
     code = exc.response.get("Error", {}).get("Code", "")
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")

@@ -14,6 +14,7 @@ from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.subscribers import BaseSubscriber
 
+from pop3_ingest.config import DEFAULT_STREAM_THRESHOLD, MIB
 from pop3_ingest.domain.message import StoredObject
 from pop3_ingest.errors import StoreError
 
@@ -23,11 +24,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
-STREAM_THRESHOLD = 8 * MIB
+# User metadata S3 stores with an object (string to string).
+ObjectMetadata = dict[str, str]
 # How often a waiting upload checks whether the run was cut off.
 _CANCEL_POLL_SECONDS = 0.2
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 
 
 def transfer_config() -> TransferConfig:
@@ -38,7 +40,8 @@ def transfer_config() -> TransferConfig:
     buffers at 32 MiB for a message of any size.
     """
     config = TransferConfig(
-        multipart_threshold=STREAM_THRESHOLD,
+        # The core hands over a file only above its own stream threshold.
+        multipart_threshold=DEFAULT_STREAM_THRESHOLD,
         multipart_chunksize=8 * MIB,
         max_concurrency=4,
     )
@@ -65,11 +68,12 @@ class S3MessageStore:
         events.register("before-parameter-build.s3.PutObject", _require_absent)
         events.register("before-parameter-build.s3.CompleteMultipartUpload", _require_absent)
 
-    def put_bytes(self, key: str, data: bytes, sha256_hex: str, metadata: dict[str, str]) -> bool:
+    def put_bytes(self, key: str, data: bytes, sha256_hex: str, metadata: ObjectMetadata) -> bool:
         """One PUT with our SHA-256 as its checksum: S3 rejects the write if a byte
         differs. Returns False when the key already exists."""
-        try:
-            self._client.put_object(
+        return self._write_once(
+            f"put of s3://{self.bucket}/{key}",
+            lambda: self._client.put_object(
                 Bucket=self.bucket,
                 Key=key,
                 Body=data,
@@ -77,21 +81,15 @@ class S3MessageStore:
                 Metadata={**metadata, "sha256": sha256_hex},
                 ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii"),
                 IfNoneMatch="*",
-            )
-        except ClientError as exc:
-            if _is_precondition_failed(exc):
-                return False
-            raise StoreError(f"S3 put of s3://{self.bucket}/{key} failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StoreError(f"S3 put of s3://{self.bucket}/{key} failed: {exc}") from exc
-        return True
+            ),
+        )
 
     def put_file(
         self,
         key: str,
         path: str,
         sha256_hex: str,
-        metadata: dict[str, str],
+        metadata: ObjectMetadata,
         cancelled: Callable[[], bool],
     ) -> bool:
         """Managed (multipart) upload of a big message whose digest is known.
@@ -101,7 +99,8 @@ class S3MessageStore:
         as ``cancelled()`` is true: the transfer is cancelled, and s3transfer
         aborts its multipart upload. False when the key already exists.
         """
-        try:
+
+        def upload() -> None:
             finished = _DoneSignal()
             future = self._transfer_manager().upload(
                 path,
@@ -122,15 +121,21 @@ class S3MessageStore:
                     raise StoreError(
                         f"S3 upload of s3://{self.bucket}/{key} abandoned at the deadline"
                     )
-            future.result()
-        except ClientError as exc:
-            if _is_precondition_failed(exc):
+            try:
+                future.result()
+            except CancelledError as exc:
+                raise StoreError(f"S3 upload of s3://{self.bucket}/{key} cancelled") from exc
+
+        return self._write_once(f"upload of s3://{self.bucket}/{key}", upload)
+
+    def _write_once(self, what: str, write: Callable[[], object]) -> bool:
+        """``write()`` under ``If-None-Match: *``: False when the key already exists."""
+        try:
+            write()
+        except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, ClientError) and _is_precondition_failed(exc):
                 return False
-            raise StoreError(f"S3 upload of s3://{self.bucket}/{key} failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StoreError(f"S3 upload of s3://{self.bucket}/{key} failed: {exc}") from exc
-        except CancelledError as exc:
-            raise StoreError(f"S3 upload of s3://{self.bucket}/{key} cancelled") from exc
+            raise StoreError(f"S3 {what} failed: {exc}") from exc
         return True
 
     def _abort_multipart_uploads(self, key: str) -> None:
@@ -148,11 +153,9 @@ class S3MessageStore:
     def stored_object(self, key: str) -> StoredObject | None:
         try:
             head = self._client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, ClientError) and _error_code(exc) in _NOT_FOUND:
                 return None
-            raise StoreError(f"S3 head of s3://{self.bucket}/{key} failed: {exc}") from exc
-        except BotoCoreError as exc:
             raise StoreError(f"S3 head of s3://{self.bucket}/{key} failed: {exc}") from exc
         recorded = head.get("Metadata", {}).get("sha256")
         # Only a well-formed digest is evidence; anything else proves nothing.
@@ -178,7 +181,10 @@ class _DoneSignal(BaseSubscriber):
         self.event.set()
 
 
+def _error_code(exc: ClientError) -> str | None:
+    return exc.response.get("Error", {}).get("Code")
+
+
 def _is_precondition_failed(exc: ClientError) -> bool:
-    error = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return error.get("Code") == "PreconditionFailed" or status == 412
+    return _error_code(exc) == "PreconditionFailed" or status == 412

@@ -4,7 +4,7 @@ Every body is checked where it is written: SQS refuses a body holding a
 character outside its set (tab, LF, CR, U+0020-U+D7FF, U+E000-U+FFFD,
 U+10000-U+10FFFF) with ``InvalidMessageContents``, and a message, or a batch as
 a whole, over 256 KiB. The header fields are cleaned when parsed
-(:func:`pop3_ingest.message.sqs_text`); cleaning the JSON text again here
+(:func:`pop3_ingest.domain.message.sqs_text`); cleaning the JSON text again here
 covers every other field, and a batch too large for one call is split.
 """
 
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pop3_ingest.domain.message import sqs_text
+from pop3_ingest.domain.ports import SQS_BATCH_SIZE
 from pop3_ingest.errors import AnnounceError
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-BATCH_SIZE = 10  # SQS's limit per SendMessageBatch
 # SQS's limit for one message and for a whole batch: body plus attributes.
 MAX_PAYLOAD_BYTES = 256 * 1024
 
@@ -53,12 +53,12 @@ class SqsAnnouncer:
         self._queue_url = queue_url
 
     def announce_batch(self, pointers: list[dict[str, Any]]) -> set[int]:
-        """Send up to ten pointers; returns the indexes SQS did not accept.
+        """Send up to SQS_BATCH_SIZE pointers; returns the indexes SQS did not accept.
 
         Raises AnnounceError when a call as a whole failed.
         """
-        if not 0 < len(pointers) <= BATCH_SIZE:
-            raise ValueError(f"a batch holds 1-{BATCH_SIZE} pointers, got {len(pointers)}")
+        if not 0 < len(pointers) <= SQS_BATCH_SIZE:
+            raise ValueError(f"a batch holds 1-{SQS_BATCH_SIZE} pointers, got {len(pointers)}")
         entries: list[SendMessageBatchRequestEntryTypeDef] = [
             {
                 "Id": str(index),

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from pop3_ingest.config import MailboxConfig, TlsMode
 from pop3_ingest.errors import SecretError
+from pop3_ingest.redaction import secret_values
 from pop3_ingest_cli import render
-from pop3_ingest_cli.errors import sensitive_values
 
 if TYPE_CHECKING:
     from pop3_ingest.domain.message import ServerMessage
@@ -133,7 +133,7 @@ def load_secret_file(path: str) -> tuple[MailboxConfig, set[str]]:
             f"secret file {path!r} is not valid JSON: {exc.msg} "
             f"(line {exc.lineno}, column {exc.colno})"
         ) from exc
-    secrets = sensitive_values(data)
+    secrets = set(secret_values(data))
     try:
         return MailboxConfig.from_secret(data), secrets
     except SecretError as exc:
@@ -146,7 +146,7 @@ def load_config(args: argparse.Namespace) -> tuple[MailboxConfig, set[str]]:
     from pop3_ingest.integrations.secrets import load_mailbox_config
 
     config = load_mailbox_config(args.secret_id)
-    return config, sensitive_values(config)
+    return config, set(config.secret_values())
 
 
 def cmd_check(args: argparse.Namespace, connect: Connect = pop3_connect) -> int:

@@ -7,9 +7,8 @@ an AWS call failed, pointers not sent), 2 usage, configuration or secret error,
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from botocore.exceptions import (
     ClientError,
@@ -55,10 +54,6 @@ _MISSING_RESOURCE_CODES = frozenset(
         "InvalidAddress",
     }
 )
-# Secret fields whose values must never be printed, whatever the secret's shape.
-_SENSITIVE_FIELDS = frozenset(
-    {"password", "client_secret", "refresh_token", "access_token", "token"}
-)
 MAX_ERROR_CHARS = 500
 # A Redactor masks a secret shorter than its min_run only where it occurs whole.
 _WHOLE_SECRET = sys.maxsize
@@ -98,20 +93,3 @@ def error_line(exc: BaseException, secrets: Iterable[str] = ()) -> str:
     hint = _REGION_HINT if isinstance(exc, NoRegionError) else ""
     redactor = Redactor(secrets, min_run=_WHOLE_SECRET)
     return redactor.mask(text, limit=MAX_ERROR_CHARS - len(hint)) + hint
-
-
-def sensitive_values(data: object) -> set[str]:
-    """Every string under a sensitive field name, in a secret's JSON or a loaded config."""
-    if dataclasses.is_dataclass(data) and not isinstance(data, type):
-        data = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
-    found: set[str] = set()
-    if isinstance(data, Mapping):
-        for name, value in data.items():
-            if isinstance(value, str) and str(name).lower() in _SENSITIVE_FIELDS:
-                found.add(value)
-            else:
-                found |= sensitive_values(value)
-    elif isinstance(data, list | tuple):
-        for item in data:
-            found |= sensitive_values(item)
-    return found

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pop3_ingest.config import DEFAULT_POP3_TIMEOUT_SECONDS
 from pop3_ingest_cli.check import cmd_check
 from pop3_ingest_cli.errors import EXIT_CONFIG, EXIT_INTERRUPTED
 from pop3_ingest_cli.quarantine import cmd_quarantine
@@ -151,9 +152,9 @@ def _check_options(check: argparse.ArgumentParser) -> None:
     check.add_argument(
         "--timeout",
         type=_positive_float,
-        default=30.0,
+        default=DEFAULT_POP3_TIMEOUT_SECONDS,
         metavar="SECONDS",
-        help="connect and read timeout of every POP3 operation (default: 30)",
+        help="connect and read timeout of every POP3 operation (default: %(default)s)",
     )
 
 

@@ -28,6 +28,7 @@ from pop3_ingest.errors import (
     StoreError,
     TlsError,
 )
+from pop3_ingest.redaction import secret_values
 from pop3_ingest_cli.aws import AwsClients, normalize_prefix
 from pop3_ingest_cli.check import cmd_check
 from pop3_ingest_cli.errors import (
@@ -35,7 +36,6 @@ from pop3_ingest_cli.errors import (
     EXIT_FAILED,
     error_line,
     exit_code_for,
-    sensitive_values,
 )
 from pop3_ingest_cli.main import build_parser, main
 from pop3_ingest_cli.quarantine import cmd_quarantine
@@ -246,13 +246,13 @@ def test_error_line_masks_whole_secrets_and_keeps_our_own_words() -> None:
     assert error_line(echoed, [password]) == "server said ***!"
 
 
-def test_sensitive_values_found_in_dicts_and_configs() -> None:
+def test_secret_values_found_in_a_secret_file_and_a_loaded_config() -> None:
     secret = {
         **SECRET,
         "auth": {"type": "oauth2", "client_secret": "cs", "refresh_token": "rt", "scope": "s"},
     }
-    assert sensitive_values(secret) == {PASSWORD, "cs", "rt"}
-    assert sensitive_values(MailboxConfig.from_secret(SECRET)) == {PASSWORD}
+    assert set(secret_values(secret)) == {PASSWORD, "cs", "rt"}
+    assert set(MailboxConfig.from_secret(SECRET).secret_values()) == {PASSWORD}
 
 
 # -- check with a fake session ---------------------------------------------------------

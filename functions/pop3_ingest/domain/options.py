@@ -18,12 +18,11 @@ from pop3_ingest.config import (
     DEFAULT_SPOOL_BUDGET,
     DEFAULT_STREAM_THRESHOLD,
     DEFAULT_UPLOAD_WORKERS,
-    MIB,
     MailboxConfig,
     Settings,
 )
 
-__all__ = ["MIB", "IngestOptions"]
+__all__ = ["IngestOptions"]
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import IO, Literal, Protocol
 
+from pop3_ingest.config import MIB
 from pop3_ingest.domain.message import HEADER_LIMIT, CapturingReader, ServerMessage
-from pop3_ingest.domain.options import MIB, IngestOptions
+from pop3_ingest.domain.options import IngestOptions
 from pop3_ingest.domain.ports import Mailbox, MessageStream
 from pop3_ingest.errors import ProtocolError
 

@@ -120,25 +120,9 @@ def core_factory(settings: Settings, context: LambdaContext) -> CoreFactory:
             deadline=Deadline(
                 context.get_remaining_time_in_millis, settings.deadline_margin_seconds
             ),
-            options=ingest_options(config, settings),
+            options=IngestOptions.from_settings(settings, config),
             state=state,
             on_quarantine=on_quarantine,
         )
 
     return start
-
-
-def ingest_options(config: MailboxConfig, settings: Settings) -> IngestOptions:
-    """The core's tuning for this mailbox: its secret's choices over the function's."""
-    return IngestOptions(
-        key_prefix=settings.key_prefix,
-        delete=config.delete,
-        max_messages=settings.max_messages_per_run,
-        max_message_size=config.max_message_size,
-        pipeline_window=settings.pipeline_window,
-        upload_workers=settings.upload_workers,
-        commit_every_messages=settings.commit_every_messages,
-        commit_every_bytes=settings.commit_every_bytes,
-        commit_every_seconds=settings.commit_every_seconds,
-        poison_threshold=settings.poison_threshold,
-    )

@@ -2,8 +2,8 @@
 
 Random and garbled server answers (status lines, UIDL/LIST listings, RETR
 bodies with dots, CRs and LFs anywhere, streams cut short) go through the real
-:class:`~pop3_ingest.pop3.connection.Pop3Mailbox`, :class:`~pop3_ingest.pop3.connection.RetrStream`
-and :func:`~pop3_ingest.pop3.connection.parse_listing`. Whatever comes in, what escapes
+:class:`~pop3_ingest.pop3.session.Pop3Mailbox`, :class:`~pop3_ingest.pop3.retr_stream.RetrStream`
+and :func:`~pop3_ingest.pop3.listing.parse_listing`. Whatever comes in, what escapes
 is a :class:`~pop3_ingest.errors.Pop3IngestError` (never a socket, poplib or
 Unicode error); a well-formed message decodes to its exact bytes.
 """
@@ -22,7 +22,9 @@ from tests.support.fake_pop3 import FakeMessage, FakePop3Server, FakeSession, do
 from pop3_ingest.config import MailboxConfig
 from pop3_ingest.domain.message import ServerMessage
 from pop3_ingest.errors import Pop3IngestError, SessionOutOfStep
-from pop3_ingest.pop3.connection import STATUS_LINE, Pop3Mailbox, RetrStream, parse_listing
+from pop3_ingest.pop3 import Pop3Mailbox
+from pop3_ingest.pop3.listing import parse_listing
+from pop3_ingest.pop3.retr_stream import STATUS_LINE, RetrStream
 
 FUZZ = settings(
     max_examples=150,
@@ -68,11 +70,14 @@ def test_parse_listing_never_crashes_and_never_hands_out_an_ambiguous_uidl(
     except SessionOutOfStep:
         return
     numbers = [m.number for m in messages]
-    uidls = [m.uidl for m in messages]
+    unique = [m.uidl for m in messages if m.unique]
     assert len(set(numbers)) == len(numbers)
-    assert len(set(uidls)) == len(uidls)  # every UIDL names one message
+    assert len(set(unique)) == len(unique)  # a UIDL marked unique names one message
+    assert all(unique)
+    # An empty, shared or missing UIDL is listed, but never passed off as unique.
+    assert not {m.uidl for m in messages if not m.unique} & set(unique)
     assert all(n >= 1 for n in numbers)
-    assert all(uidl and uidl == uidl.strip(" \t") for uidl in uidls)
+    assert all(m.uidl == m.uidl.strip(" \t") for m in messages)
     assert all(m.size >= 0 for m in messages)
     assert not set(numbers) & {s.number for s in skipped}
     assert numbers == sorted(numbers)

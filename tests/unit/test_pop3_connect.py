@@ -18,7 +18,7 @@ import pytest
 
 from pop3_ingest.config import MailboxConfig
 from pop3_ingest.errors import ConnectError
-from pop3_ingest.pop3.connection import Pop3Mailbox
+from pop3_ingest.pop3 import Pop3Mailbox
 
 TIMEOUT = 30.0
 TIME_LEFT = 0.5

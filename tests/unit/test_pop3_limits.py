@@ -15,7 +15,9 @@ from tests.support.fake_pop3 import FakeMessage, FakePop3Server, Fault
 
 from pop3_ingest.config import DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND, MailboxConfig, Settings
 from pop3_ingest.errors import AuthError, ConfigError, Pop3IngestError, TransferTooSlow
-from pop3_ingest.pop3.connection import MAX_LOGIN_DELAY, Pop3Mailbox, TransferLimits
+from pop3_ingest.pop3 import Pop3Mailbox
+from pop3_ingest.pop3.limits import TransferLimits
+from pop3_ingest.pop3.session import MAX_LOGIN_DELAY
 
 ENV = {"BUCKET_NAME": "b", "QUEUE_URL": "q"}
 

@@ -87,6 +87,32 @@ def finish(client: poplib.POP3, server: ScriptedServer) -> list[bytes]:
     return server.lines()
 
 
+# -- AUTH, in the shape of smtplib's auth(mechanism, authobject) ----------------
+
+
+def test_auth_answers_each_decoded_challenge_with_the_authobject(pop: Connect) -> None:
+    challenges: list[bytes | None] = []
+
+    def login(challenge: bytes | None = None) -> bytes | None:
+        challenges.append(challenge)
+        return {b"Username:": b"alice", b"Password:": b"secret"}.get(challenge or b"")
+
+    prompts = [b"+ " + base64.b64encode(b"Username:"), b"+ " + base64.b64encode(b"Password:")]
+    client, server = pop([*prompts, b"+OK Logged in."])
+    assert sasl.auth(client, "login", login, initial_response_ok=False) == b"+OK Logged in."
+    assert challenges == [b"Username:", b"Password:"]
+    sent = [b"AUTH LOGIN", base64.b64encode(b"alice"), base64.b64encode(b"secret")]
+    assert finish(client, server) == sent
+
+
+def test_auth_gives_up_on_a_server_that_keeps_challenging(pop: Connect) -> None:
+    client, server = pop([b"+ "] * (sasl.MAX_CHALLENGES + 3))
+    with pytest.raises(SaslRejected, match="unexpected answer to AUTH PLAIN"):
+        sasl.auth(client, "PLAIN", lambda challenge=None: b"again")
+    # The initial response, then one answer per challenge up to the limit.
+    assert len(finish(client, server)) == 1 + sasl.MAX_CHALLENGES
+
+
 # -- PLAIN ---------------------------------------------------------------------
 
 

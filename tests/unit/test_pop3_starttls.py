@@ -1,0 +1,173 @@
+"""STARTTLS on the wire: CAPA once before STLS and once after, and no credential in clear.
+
+A small loopback server that speaks just enough POP3 for a STARTTLS login
+records every command it receives, in clear text and under TLS alike (it
+holds the TLS keys, so it sees what a proxy in the middle could not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import pytest
+
+from pop3_ingest.config import MailboxConfig
+from pop3_ingest.errors import TlsError
+from pop3_ingest.pop3 import Pop3Mailbox
+
+PASSWORD = "pw-only-under-tls"
+
+
+@dataclass(frozen=True)
+class Certificates:
+    ca_pem: str  # the secret's ca_cert
+    server_context: ssl.SSLContext
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A test CA and a certificate for 127.0.0.1 that it signed."""
+    where = tmp_path_factory.mktemp("starttls-certs")
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl(
+        "req", "-x509", *new_key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=pop3-ingest STARTTLS test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=where,
+    )  # fmt: skip
+    openssl(
+        "req", "-x509", *new_key, "-keyout", "server.key", "-out", "server.pem", "-days", "2",
+        "-subj", "/CN=localhost", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-addext", "basicConstraints=critical,CA:FALSE",
+        "-addext", "keyUsage=critical,digitalSignature",
+        "-addext", "extendedKeyUsage=serverAuth",
+        "-addext", "subjectAltName=IP:127.0.0.1",
+        cwd=where,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(where / "server.pem", where / "server.key")
+    return Certificates((where / "ca.pem").read_text(), context)
+
+
+class StarttlsServer:
+    """Serves one connection: CAPA (with STLS if offered), STLS, USER, PASS, UIDL, LIST,
+    QUIT; ``commands`` holds every line received, as the server read it."""
+
+    def __init__(self, tls: ssl.SSLContext, *, offer_stls: bool = True) -> None:
+        self.commands: list[str] = []
+        self._tls = tls
+        self._offer_stls = offer_stls
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(10)
+        self.port: int = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._listener.close()
+        self._thread.join(timeout=10)
+
+    def before_and_after_stls(self) -> tuple[list[str], list[str]]:
+        """The command verbs sent in clear text, and those sent once STLS was answered."""
+        verbs = [command.split(" ")[0].upper() for command in self.commands]
+        if "STLS" not in verbs:
+            return verbs, []
+        at = verbs.index("STLS")
+        return verbs[:at], verbs[at + 1 :]
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = self._listener.accept()
+            with conn:
+                conn.settimeout(10)
+                self._converse(conn)
+
+    def _converse(self, conn: socket.socket) -> None:
+        stream: socket.socket = conn
+        reader = stream.makefile("rb")
+        stream.sendall(b"+OK STARTTLS test server ready\r\n")
+        while line := reader.readline():
+            command = line.rstrip(b"\r\n").decode("utf-8", "replace")
+            self.commands.append(command)
+            verb = command.split(" ")[0].upper()
+            if verb == "STLS":
+                stream.sendall(b"+OK begin TLS negotiation\r\n")
+                reader.close()  # nothing more was sent in clear: the client waits for the handshake
+                stream = self._tls.wrap_socket(conn, server_side=True)
+                reader = stream.makefile("rb")
+                continue
+            stream.sendall(self._answer(verb, under_tls=stream is not conn))
+            if verb == "QUIT":
+                return
+
+    def _answer(self, verb: str, *, under_tls: bool) -> bytes:
+        if verb == "CAPA":
+            offered = ["USER", "PIPELINING"] if under_tls else ["USER"]
+            if self._offer_stls and not under_tls:
+                offered.append("STLS")
+            return b"".join(f"{line}\r\n".encode() for line in ["+OK", *offered, "."])
+        if verb in {"UIDL", "LIST"}:
+            return b"+OK\r\n.\r\n"
+        if verb in {"USER", "PASS", "QUIT"}:
+            return b"+OK\r\n"
+        return b"-ERR unknown command\r\n"
+
+
+def config(port: int, ca_pem: str) -> MailboxConfig:
+    return MailboxConfig.from_secret(
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "tls": "starttls",
+            "username": "alice",
+            "password": PASSWORD,
+            "ca_cert": ca_pem,
+        }
+    )
+
+
+def test_starttls_sends_capa_once_before_stls_and_once_after(certificates: Certificates) -> None:
+    # GIVEN a server that offers STLS in clear text, and PIPELINING only under TLS
+    # WHEN a STARTTLS session logs in, lists the mailbox and quits
+    with (
+        StarttlsServer(certificates.server_context) as server,
+        Pop3Mailbox(config(server.port, certificates.ca_pem), timeout=5) as mailbox,
+    ):
+        assert mailbox.pipelining  # the capabilities in use are those read under TLS
+        assert mailbox.list_messages() == []
+    # THEN the clear-text part was one CAPA and STLS, and TLS began with one CAPA
+    before, after = server.before_and_after_stls()
+    assert before == ["CAPA"]
+    assert after == ["CAPA", "USER", "PASS", "UIDL", "LIST", "QUIT"]
+    assert f"PASS {PASSWORD}" in server.commands  # it did arrive, under TLS
+
+
+def test_a_server_without_stls_is_refused_before_any_credential(
+    certificates: Certificates,
+) -> None:
+    with StarttlsServer(certificates.server_context, offer_stls=False) as server:
+        mailbox = Pop3Mailbox(config(server.port, certificates.ca_pem), timeout=5)
+        with pytest.raises(TlsError, match="does not offer STLS"):
+            mailbox.__enter__()
+    assert server.commands == ["CAPA"]

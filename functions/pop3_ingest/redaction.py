@@ -94,7 +94,7 @@ class Redactor:
         """A ``-ERR`` line masked after its status and registered code, which are kept
         as sent: a password that happens to hold "TEMP" must not hide ``[SYS/TEMP]``."""
         match = _CODE.match(line)
-        if match and match.group(1).decode("ascii").upper() in RESPONSE_CODES:
+        if match and response_code(line) in RESPONSE_CODES:
             head = match.group(0)
         else:
             head = b"-ERR" if line.startswith(b"-ERR") else b""
@@ -144,14 +144,19 @@ def display_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def response_code(response: bytes) -> str | None:
+    """The RFC 2449 code in ``-ERR [CODE] text``, upper-cased, if any."""
+    match = _CODE.match(response)
+    return match.group(1).decode("ascii").upper() if match else None
+
+
 def credential_refusal(line: bytes) -> bytes:
     """What may be kept of a server's ``-ERR`` to USER, PASS or AUTH: ``-ERR [CODE]``.
 
     The text after the code is dropped (it may echo the credential, cut or
     whole), and so is a code outside :data:`RESPONSE_CODES`.
     """
-    match = _CODE.match(line)
-    code = match.group(1).decode("ascii").upper() if match else None
+    code = response_code(line)
     return b"-ERR [" + code.encode("ascii") + b"]" if code in RESPONSE_CODES else b"-ERR"
 
 

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pop3_ingest.errors import ConnectionLost, MessageTooLarge, SessionOutOfStep
-from pop3_ingest.pop3.listing import response_code
 from pop3_ingest.pop3.retr_stream import RetrStream, allowed_size
+from pop3_ingest.redaction import response_code
 
 
 def stream(wire: bytes, max_bytes: int = 10_000_000) -> tuple[RetrStream, list[bool]]:

@@ -22,7 +22,6 @@ logger = logging.getLogger(__name__)
 
 # The answers that mean "come back later" (RFC 2449 and RFC 3206 codes).
 BUSY_CODES = frozenset({"IN-USE", "LOGIN-DELAY", "SYS/TEMP"})
-_RESP_CODE = re.compile(rb"^-ERR \[([A-Za-z0-9/\-]+)\]")
 # A listing that never ends is cut here: about 400,000 messages' UIDLs.
 MAX_LISTING_BYTES = 32 * 1024 * 1024
 _SKIPS_LOGGED = 20
@@ -36,12 +35,6 @@ class SkippedMessage:
 
     number: int
     reason: str
-
-
-def response_code(response: bytes) -> str | None:
-    """The RFC 2449 code in ``-ERR [CODE] text``, upper-cased, if any."""
-    match = _RESP_CODE.match(response)
-    return match.group(1).decode("ascii").upper() if match else None
 
 
 def list_messages(connection: Pop3Connection) -> tuple[list[ServerMessage], list[SkippedMessage]]:

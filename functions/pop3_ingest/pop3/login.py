@@ -34,8 +34,8 @@ from pop3_ingest.pop3.auth import (
 )
 from pop3_ingest.pop3.connection import Pop3Connection, refusal_text
 from pop3_ingest.pop3.limits import TransferLimits
-from pop3_ingest.pop3.listing import BUSY_CODES, response_code
-from pop3_ingest.redaction import credential_refusal
+from pop3_ingest.pop3.listing import BUSY_CODES
+from pop3_ingest.redaction import credential_refusal, response_code
 
 Capabilities = dict[str, list[str]]
 

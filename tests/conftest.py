@@ -1,57 +1,26 @@
-"""Shared fixtures: a moto server for the whole session, a fresh Dovecot per test.
+"""Fixtures for every test: a moto server for the session, a fresh Dovecot per test.
 
-Nothing here imports ``pop3_ingest``: the fixtures work before the package does.
+The helpers behind them live in ``tests/support``; pytest puts the repository
+root on ``sys.path`` (``pythonpath`` in pyproject.toml).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# `tests.support` and the package under functions/ import however pytest is launched
-# (plain `pytest` does not put the repo root on sys.path).
-for _path in (REPO_ROOT / "functions", REPO_ROOT):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from tests.support.dovecot import (  # noqa: E402
-    DEFAULT_PASSWORD,
-    DEFAULT_USER,
-    DovecotServer,
-    dovecot_binary,
-)
-from tests.support.lambda_context import FakeLambdaContext  # noqa: E402
-from tests.support.moto_server import AwsResources, MotoServer, leaky_env_names  # noqa: E402
+from tests.support.dovecot import DEFAULT_PASSWORD, DEFAULT_USER, DovecotServer, dovecot_binary
+from tests.support.harness import CapturedOutput, captured_output, require
+from tests.support.lambda_context import FakeLambdaContext
+from tests.support.moto_server import AwsResources, MotoServer, leaky_env_names
 
 POWERTOOLS_TEST_ENV = {
     "POWERTOOLS_TRACE_DISABLED": "true",
     "POWERTOOLS_METRICS_NAMESPACE": "Pop3IngestTest",
     "POWERTOOLS_SERVICE_NAME": "pop3-ingest",
 }
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def _require_dovecot() -> None:
-    """Skip locally, fail in CI: there a missing Dovecot is a broken pipeline."""
-    if dovecot_binary() is not None:
-        return
-    message = (
-        "dovecot is not installed; `make test` installs it "
-        "(apt-get install dovecot-core dovecot-pop3d)"
-    )
-    if _in_ci():
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
 
 # -- AWS (moto) ---------------------------------------------------------------
 
@@ -83,7 +52,11 @@ def make_dovecot() -> Iterator[Callable[..., DovecotServer]]:
 
     Every server it made is stopped, its processes gone, at teardown.
     """
-    _require_dovecot()
+    if dovecot_binary() is None:
+        require(
+            "dovecot is not installed; `make test` installs it "
+            "(apt-get install dovecot-core dovecot-pop3d)"
+        )
     servers: list[DovecotServer] = []
 
     def factory(**options: Any) -> DovecotServer:
@@ -115,14 +88,18 @@ def lambda_context() -> FakeLambdaContext:
     return FakeLambdaContext(remaining_ms=300_000)
 
 
+@pytest.fixture
+def output(capsys: pytest.CaptureFixture[str]) -> Iterator[CapturedOutput]:
+    """Everything the handler writes: its log handler's lines and stdout."""
+    with captured_output(capsys) as captured:
+        yield captured
+
+
 @pytest.fixture(autouse=True)
 def _clear_powertools_caches() -> Iterator[None]:
     """Powertools caches secrets per process; a test must never see another's secret."""
-    try:
-        from aws_lambda_powertools.utilities import parameters
-    except ImportError:
-        yield
-        return
+    from aws_lambda_powertools.utilities import parameters
+
     clear: Callable[[], None] = parameters.clear_caches  # untyped upstream
     clear()
     yield

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 import pytest
 from tests.support.corpus import simple_message
 from tests.support.fake_pop3 import FakeMessage, Fault, endless_line, endless_lines
+from tests.support.harness import AFTER_A_BROKEN_MESSAGE, HostileHarness, messages
 
 from pop3_ingest.errors import ConnectError, ConnectionLost
-from pop3_ingest.pop3 import connection as pop3
-
-from .conftest import AFTER_A_BROKEN_MESSAGE, HostileHarness, messages
+from pop3_ingest.pop3 import listing
+from pop3_ingest.pop3.retr_stream import allowed_size
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def test_endless_message_is_cut_at_its_allowed_size_and_does_not_block_the_rest(
     hostile.check(first)
     assert first.stopped == "connection_lost"
     text = hostile.logged("message left on server", "exceeded")
-    assert str(pop3.allowed_size(100)) in text
+    assert str(allowed_size(100)) in text
     hostile.logged(LOST, "oversized", levels=("ERROR",))
     assert fake.committed == []  # the session was dropped without QUIT
 
@@ -60,7 +60,7 @@ def test_endless_message_is_cut_at_its_allowed_size_and_does_not_block_the_rest(
 
 
 def test_endless_listing_is_cut(hostile: HostileHarness, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pop3, "MAX_LISTING_BYTES", 256 * 1024)
+    monkeypatch.setattr(listing, "MAX_LISTING_BYTES", 256 * 1024)
     fake = hostile.serve(
         messages(2),
         replies={"UIDL": lambda s, arg: after(b"+OK\r\n", endless_lines(b"1 same-uidl"))},

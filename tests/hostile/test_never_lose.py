@@ -9,19 +9,10 @@ stored on size alone), 3 (in-run re-DELE without proof), 9 (deleted-memory).
 from __future__ import annotations
 
 import pytest
-from tests.support.corpus import simple_message
+from tests.support.aws_hooks import MARGIN, Call, Ledger, SlowAws
+from tests.support.corpus import big_message, simple_message
 from tests.support.fake_pop3 import FakeMessage, Fault
-
-from .conftest import HostileHarness, messages
-from .never_lose_support import (
-    MARGIN,
-    Call,
-    DeadlineContext,
-    Ledger,
-    SlowAws,
-    big_message,
-    invoke,
-)
+from tests.support.harness import DeadlineContext, HostileHarness, invoke, messages
 
 pytestmark = pytest.mark.integration
 

@@ -10,18 +10,10 @@ abandoned (multipart uploads aborted), never half-committed.
 from __future__ import annotations
 
 import pytest
+from tests.support.aws_hooks import HOLD_SECONDS, MARGIN, SlowAws
+from tests.support.corpus import big_message
 from tests.support.fake_pop3 import FakeMessage, Fault
-
-from .conftest import HostileHarness, messages
-from .never_lose_support import (
-    HOLD_SECONDS,
-    MARGIN,
-    DeadlineContext,
-    SlowAws,
-    big_message,
-    invoke,
-    state_saved,
-)
+from tests.support.harness import DeadlineContext, HostileHarness, invoke, messages, state_saved
 
 pytestmark = pytest.mark.integration
 

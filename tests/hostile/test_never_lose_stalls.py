@@ -9,19 +9,10 @@ counts LIST sizes, not the bytes held).
 from __future__ import annotations
 
 import pytest
-from tests.support.corpus import simple_message
+from tests.support.aws_hooks import MARGIN, Ledger, SlowAws, content_id
+from tests.support.corpus import big_message, simple_message
 from tests.support.fake_pop3 import FakeMessage
-
-from .conftest import HostileHarness, messages
-from .never_lose_support import (
-    MARGIN,
-    DeadlineContext,
-    Ledger,
-    SlowAws,
-    big_message,
-    content_id,
-    invoke,
-)
+from tests.support.harness import DeadlineContext, HostileHarness, invoke, messages
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 from tests.support.fake_pop3 import FakeSession
-
-from .conftest import AFTER_A_BROKEN_MESSAGE, HostileHarness, messages
+from tests.support.harness import AFTER_A_BROKEN_MESSAGE, HostileHarness, messages
 
 pytestmark = pytest.mark.integration
 

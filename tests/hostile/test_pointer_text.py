@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 from tests.support.fake_pop3 import FakeMessage
+from tests.support.harness import HostileHarness
 from tests.support.moto_server import SQS_MAX_PAYLOAD_BYTES, AwsResources, sqs_body_problem
 
 from pop3_ingest.integrations.sqs_announcer import SqsAnnouncer
-
-from .conftest import HostileHarness
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pytest
 from tests.support.fake_pop3 import Fault
+from tests.support.harness import AFTER_A_BROKEN_MESSAGE, HostileHarness, Outcome, messages
 
 from pop3_ingest.errors import AuthError, ConnectError, ConnectionLost, ProtocolError, TlsError
-
-from .conftest import AFTER_A_BROKEN_MESSAGE, HostileHarness, Outcome, messages
 
 pytestmark = pytest.mark.integration
 

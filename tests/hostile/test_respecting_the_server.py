@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from tests.support.harness import HostileHarness, messages
 
 from pop3_ingest.errors import AuthError
-
-from .conftest import HostileHarness, messages
 
 pytestmark = pytest.mark.integration
 

@@ -23,17 +23,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from tests.integration.conftest import CapturedOutput, Harness
 from tests.support.corpus import simple_message
 from tests.support.dovecot import DovecotServer
 from tests.support.fake_pop3 import FakeMessage, Fault
+from tests.support.harness import (
+    AFTER_A_BROKEN_MESSAGE,
+    CapturedOutput,
+    Harness,
+    HostileHarness,
+    Outcome,
+    messages,
+)
 from tests.support.moto_server import AwsResources
 from tests.support.oauth_server import OAuthTestServer, oauth_dovecot
 
 from pop3_ingest.errors import AuthError, ConnectionLost, TlsError
 from pop3_ingest.redaction import MIN_SECRET_RUN
-
-from .conftest import AFTER_A_BROKEN_MESSAGE, HostileHarness, Outcome, messages
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,7 @@ import re
 import pytest
 from tests.support.corpus import simple_message
 from tests.support.fake_pop3 import FakeMessage, Fault
-
-from .conftest import MAILBOX, HostileHarness, messages
+from tests.support.harness import MAILBOX, HostileHarness, messages
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,10 @@ from typing import Any
 import pytest
 from tests.support import corpus
 from tests.support.dovecot import DEFAULT_PASSWORD, DEFAULT_USER, DovecotServer
+from tests.support.harness import Harness, sha256
 from tests.support.moto_server import AwsResources
 
 from pop3_ingest_cli.main import main
-
-from .conftest import Harness, sha256
 
 pytestmark = pytest.mark.integration
 
@@ -354,8 +353,8 @@ def test_replay_unknown_queue_exits_2_and_says_what_was_not_sent(
 def test_quarantine_list_and_release_round_trip(
     dovecot: Any, aws: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.integration.conftest import Harness
     from tests.support import corpus
+    from tests.support.harness import Harness
 
     from pop3_ingest.domain.message import uidl_digest
     from pop3_ingest.handlers.fetch import aws_clients

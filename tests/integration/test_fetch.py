@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import EndpointConnectionError
 from tests.support import corpus
+from tests.support.harness import CapturedOutput, Harness, sha256
 from tests.support.tcp_proxy import TcpProxy
 
 from pop3_ingest.errors import AuthError, ConfigError, SecretError, TlsError
-
-from .conftest import CapturedOutput, Harness, sha256
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,10 @@ from typing import Any
 
 import pytest
 from tests.support import corpus
+from tests.support.harness import EVENT, sha256
 from tests.support.lambda_context import FakeLambdaContext
 from tests.support.moto_server import AwsResources
 from tests.support.popa3d import Popa3dMailbox, ServedMessage, served_form
-
-from .conftest import EVENT, sha256
 
 pytestmark = pytest.mark.integration
 

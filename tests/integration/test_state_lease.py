@@ -16,11 +16,10 @@ from typing import Any
 
 import pytest
 from tests.support import corpus
+from tests.support.harness import CapturedOutput, Harness, sha256
 
 from pop3_ingest.domain.message import uidl_digest
 from pop3_ingest.domain.state import MailboxState
-
-from .conftest import CapturedOutput, Harness, sha256
 
 pytestmark = pytest.mark.integration
 
@@ -285,11 +284,10 @@ def test_two_writers_changes_both_survive(
 def test_a_hanging_state_save_is_given_up_before_the_deadline(
     harness: Harness, output: CapturedOutput, mid_run: Callable[[Callable[[], None]], None]
 ) -> None:
+    from tests.support.harness import EVENT
     from tests.support.lambda_context import FakeLambdaContext
 
     from pop3_ingest.handlers.fetch import aws_clients, lambda_handler
-
-    from .conftest import EVENT
 
     setup(harness, 2)
     armed, answer = threading.Event(), threading.Event()

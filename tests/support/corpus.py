@@ -81,6 +81,15 @@ def simple_message(i: int) -> bytes:
     return _join(_headers(i, f"Test message {i}"), body)
 
 
+def big_message(i: int, size: int) -> bytes:
+    """A message of exactly ``size`` bytes (CRLF lines), distinct per ``i``."""
+    head = simple_message(i)
+    line = b"%08d " % i + b"x" * 68 + CRLF
+    filler = line * ((size - len(head)) // len(line) + 1)
+    body = head + filler
+    return body[: size - 2] + CRLF
+
+
 def simple(i: int) -> CorpusMessage:
     """``simple_message(i)`` as a CorpusMessage."""
     return CorpusMessage.from_crlf(f"simple-{i}", simple_message(i))

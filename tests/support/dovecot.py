@@ -14,7 +14,6 @@ mail) and rootless (everything runs as the current user, no chroot).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ctypes
 import grp
@@ -27,11 +26,12 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, Self, cast
+
+from tests.support.background import HOST, BackgroundService, clean_up_at_exit, cleaned_up
 
 # uid/gid that owns the mail when the tests run as root. Any unprivileged
 # number works (it needs no passwd entry); it must be >= first_valid_uid.
@@ -47,8 +47,6 @@ START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 
 TlsMode = Literal["implicit", "starttls", "none"]
-
-_live_servers: set[DovecotServer] = set()
 
 
 def dovecot_binary() -> str | None:
@@ -205,7 +203,7 @@ def _kill_and_wait(pids: list[int]) -> None:
         raise DovecotError(f"dovecot processes survived SIGKILL: {pids}")
 
 
-class DovecotServer:
+class DovecotServer(BackgroundService):
     """A private Dovecot instance serving POP3 on 127.0.0.1.
 
     Ports: ``pop3_port`` (plain, offers STLS unless ``offer_starttls=False``) and
@@ -244,7 +242,7 @@ class DovecotServer:
         self.cert_sans = tuple(cert_sans)
         self.auth_failure_delay_s = auth_failure_delay_s
         self.extra_config = extra_config
-        self.host = "127.0.0.1"
+        self.host = HOST
 
         self._owns_dir = base_dir is None
         self.dir = Path(base_dir or tempfile.mkdtemp(prefix="pop3-ingest-dovecot-"))
@@ -432,7 +430,7 @@ class DovecotServer:
                 stderr=stderr,
                 preexec_fn=_set_pdeathsig,
             )
-        _live_servers.add(self)
+        clean_up_at_exit(self, self.close)
         ports = [self._pop3_port] + ([self._pop3s_port] if self.offer_starttls else [])
         deadline = time.monotonic() + START_TIMEOUT_S
         pending = list(ports)
@@ -480,7 +478,7 @@ class DovecotServer:
         if proc.poll() is None:
             self._kill_tree(proc)
         self._proc = None
-        _live_servers.discard(self)
+        cleaned_up(self)
 
     @staticmethod
     def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
@@ -497,7 +495,7 @@ class DovecotServer:
         if self._proc is not None and self._proc.poll() is None:
             self._kill_tree(self._proc)
         self._proc = None
-        _live_servers.discard(self)
+        cleaned_up(self)
 
     @staticmethod
     def _reap(pids: list[int]) -> None:
@@ -516,21 +514,6 @@ class DovecotServer:
         self.stop(graceful=False)
         if self._owns_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- admin ---------------------------------------------------------------
 
@@ -641,20 +624,3 @@ class DovecotServer:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<DovecotServer {state} pop3={self._pop3_port} pop3s={self._pop3s_port} {self.dir}>"
-
-
-@contextlib.contextmanager
-def dovecot_server(**options: Any) -> Iterator[DovecotServer]:
-    """``with dovecot_server(lock_session=True) as server: ...``"""
-    server = DovecotServer(**options)
-    try:
-        yield server.start()
-    finally:
-        server.close()
-
-
-@atexit.register
-def _stop_leftovers() -> None:
-    for server in list(_live_servers):
-        with contextlib.suppress(Exception):
-            server.stop(graceful=False)

@@ -41,12 +41,12 @@ import itertools
 import select
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
-from typing import NoReturn, Self
+from typing import NoReturn
+
+from tests.support.background import ThreadedTcpServer
 
 # Where a fault can be injected. A command's step fires when the command
 # arrives (before its status line); "UIDL-body" and "LIST-body" after the
@@ -176,7 +176,7 @@ class FakeSession:
                 return
             follower = self._pipelined_line()
             if follower is not None and self.server.reorder_pipelined:
-                with self.server._lock:
+                with self.server.lock:
                     self.server.reordered += 1
                 self.handle(follower)
                 self.handle(line)
@@ -189,9 +189,7 @@ class FakeSession:
         text = line.decode("utf-8", "surrogateescape")
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
-        with self.server._lock:
-            self.server.commands.append((self.index, "PASS ***" if verb == "PASS" else text))
-            self.server._received_pass |= verb == "PASS"
+        self.server.record(self.index, "PASS ***" if verb == "PASS" else text)
         if verb in STEPS:
             self.step(verb)
         reply = self.server.replies.get(verb)
@@ -224,7 +222,7 @@ class FakeSession:
                 continue
             if fault.connections and self.index >= fault.connections:
                 continue
-            with self.server._lock:
+            with self.server.lock:
                 self.server.faults_applied.append((self.index, name, fault.action))
             if fault.action == "drip":
                 self.dripping = True
@@ -254,13 +252,13 @@ class FakeSession:
 
     def hang(self) -> NoReturn:
         """Say nothing until the time limit (or until the server stops)."""
-        self.server._stop.wait(max(0.0, self.deadline - time.monotonic()))
+        self.server.stopping.wait(max(0.0, self.deadline - time.monotonic()))
         raise _Hangup
 
     # -- I/O -----------------------------------------------------------------------
 
     def _check_time(self) -> None:
-        if self.server._stop.is_set() or time.monotonic() >= self.deadline:
+        if self.server.stopping.is_set() or time.monotonic() >= self.deadline:
             raise _Hangup
 
     def send(self, data: bytes) -> None:
@@ -274,7 +272,7 @@ class FakeSession:
                 return
             for i in range(len(data)):
                 self.conn.sendall(data[i : i + 1])
-                self.server._stop.wait(self.server.drip_interval)
+                self.server.stopping.wait(self.server.drip_interval)
                 self._check_time()
         finally:
             self.conn.settimeout(_POLL)
@@ -316,7 +314,7 @@ class FakeSession:
         if b"\n" not in self._buffer:
             return None
         if not self.server.pipelining:
-            with self.server._lock:
+            with self.server.lock:
                 self.server.pipelining_violations += 1
         line, _, rest = bytes(self._buffer).partition(b"\n")
         self._buffer[:] = rest
@@ -412,7 +410,7 @@ class FakeSession:
         if self.user != self.server.user or arg != self.server.password:
             self.user = None
             return b"-ERR [AUTH] invalid user name or password\r\n"
-        with self.server._lock:
+        with self.server.lock:
             delay = self.server.enforce_login_delay
             last = self.server.last_login
             if delay and last is not None and time.monotonic() - last < delay:
@@ -464,18 +462,20 @@ class FakeSession:
 
     def cmd_quit(self, arg: str) -> ReplyResult:
         if self.state == "TRANSACTION":
-            self.server._commit([self.numbered[n] for n in sorted(self.marked)])
+            self.server.commit([self.numbered[n] for n in sorted(self.marked)])
             if self.server.gmail:
                 kept = sorted(self.retrieved - self.marked)
-                self.server._pop([self.numbered[n] for n in kept])
+                self.server.pop_retrieved([self.numbered[n] for n in kept])
             self.marked.clear()
             self.state = "UPDATE"
             self.step("QUIT-after-commit")
         return b"+OK bye\r\n"
 
 
-class FakePop3Server:
+class FakePop3Server(ThreadedTcpServer):
     """``with FakePop3Server(messages, ...) as server:`` then point a client at ``server.port``."""
+
+    thread_name = "fake-pop3"
 
     def __init__(
         self,
@@ -497,6 +497,7 @@ class FakePop3Server:
         uidl_for: Callable[[FakeSession, int, FakeMessage], bytes | None] | None = None,
         enforce_login_delay: float = 0.0,
     ) -> None:
+        super().__init__()
         self.messages: list[FakeMessage] = list(messages)
         self.user = user
         self.password = password
@@ -522,121 +523,61 @@ class FakePop3Server:
         self.login_delay_violations = 0
         self.commands: list[tuple[int, str]] = []  # (connection, line), PASS argument hidden
         self.faults_applied: list[tuple[int, str, str]] = []
-        self.connections = 0
         self.logins = 0
         self.pipelining_violations = 0
         self.reordered = 0  # pairs of pipelined commands answered in reverse order
-        self.errors: list[str] = []  # unexpected exceptions in the server's threads
-        self._received_pass = False
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._listener: socket.socket | None = None
-        self._conns: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self.port = 0
 
-    # -- life cycle ----------------------------------------------------------------
-
-    def start(self) -> Self:
-        listener = socket.create_server(("127.0.0.1", 0))
-        listener.settimeout(0.1)  # so the accept loop notices close()
-        self._listener = listener
-        self.port = int(listener.getsockname()[1])
-        thread = threading.Thread(target=self._accept_loop, name="fake-pop3", daemon=True)
-        thread.start()
-        self._threads.append(thread)
-        return self
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._listener is not None:
-            with contextlib.suppress(OSError):
-                self._listener.close()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                conn.close()
-        for thread in list(self._threads):
-            thread.join(timeout=5)
-            if thread.is_alive():
-                self.errors.append(f"thread {thread.name} did not stop")
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    # -- state -------------------------------------------------------------------
+    # -- what happened -------------------------------------------------------------
 
     @property
     def received_pass(self) -> bool:
         """Whether any client sent PASS (credentials) to this server."""
-        with self._lock:
-            return self._received_pass
+        return "PASS" in self.verbs()
 
     def verbs(self, connection: int | None = None) -> list[str]:
-        with self._lock:
+        with self.lock:
             return [
                 line.split(" ", 1)[0].upper()
                 for index, line in self.commands
                 if connection is None or index == connection
             ]
 
-    def _commit(self, marked: list[FakeMessage]) -> None:
-        with self._lock:
+    # -- what sessions change ------------------------------------------------------
+
+    def record(self, connection: int, line: str) -> None:
+        """A command arrived (its PASS argument already hidden)."""
+        with self.lock:
+            self.commands.append((connection, line))
+
+    def commit(self, marked: list[FakeMessage]) -> None:
+        """QUIT in the TRANSACTION state: the marked messages are deleted."""
+        with self.lock:
             for message in marked:
                 self.messages = [m for m in self.messages if m is not message]
                 self.committed.append(message)
 
-    def _pop(self, retrieved: list[FakeMessage]) -> None:
-        with self._lock:
+    def pop_retrieved(self, retrieved: list[FakeMessage]) -> None:
+        """Gmail's habit: retrieved in a session ended by QUIT, no longer offered."""
+        with self.lock:
             for message in retrieved:
                 self.messages = [m for m in self.messages if m is not message]
                 self.popped.append(message)
 
-    # -- threads -------------------------------------------------------------------
+    # -- connections -----------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.settimeout(_POLL)
-            # Answers go out in several writes; without this, Nagle's algorithm
-            # and delayed ACKs add 40 ms to many of them.
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                index = self.connections
-                self.connections += 1
-                self._conns.append(conn)
-            thread = threading.Thread(
-                target=self._serve, args=(conn, index), name=f"fake-pop3-{index}", daemon=True
-            )
-            thread.start()
-            with self._lock:
-                self._threads.append(thread)
+    def accepted(self, conn: socket.socket, index: int) -> None:
+        conn.settimeout(_POLL)
+        # Answers go out in several writes; without this, Nagle's algorithm
+        # and delayed ACKs add 40 ms to many of them.
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.track(conn)
+        self.spawn(self._serve, conn, index, name=f"fake-pop3-{index}")
 
     def _serve(self, conn: socket.socket, index: int) -> None:
-        session = FakeSession(self, conn, index)
         try:
-            session.run()
-        except (_Hangup, OSError):
+            FakeSession(self, conn, index).run()
+        except _Hangup:
             pass
-        except Exception as exc:  # a broken script: report it to the test
-            self.errors.append(f"connection {index}: {exc!r}")
         finally:
             with contextlib.suppress(OSError):
                 conn.close()

@@ -29,16 +29,16 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import boto3
+import werkzeug.serving
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
     create_backend_app,
 )
-from werkzeug.serving import BaseWSGIServer, make_server
+from tests.support.background import HOST, SocketServerThread
 
 REGION = "us-east-1"
 
@@ -221,40 +221,6 @@ class StrictSqs:
         return [body]
 
 
-class _ThreadedServer:
-    """moto's own app (as ``ThreadedMotoServer`` builds it), behind an optional layer."""
-
-    def __init__(self, host: str, port: int, strict_sqs: bool) -> None:
-        self._host = host
-        self._port = port
-        self.strict: StrictSqs | None = None
-        app: WsgiApp = DomainDispatcherApplication(create_backend_app)
-        if strict_sqs:
-            app = self.strict = StrictSqs(app)
-        self._app = app
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._server = make_server(
-            self._host, self._port, self._app, threaded=True, request_handler=MotoRequestHandler
-        )
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def get_host_and_port(self) -> tuple[str, int]:
-        assert self._server is not None, "start() first"
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-
-
 @dataclass
 class AwsResources:
     """Clients and the bucket/queue of one test, all pointing at the moto server."""
@@ -311,58 +277,51 @@ class AwsResources:
                     )
 
 
-class MotoServer:
-    """``with MotoServer() as moto: moto.apply_env(); ...``"""
+class MotoServer(SocketServerThread):
+    """``with MotoServer() as moto: moto.apply_env(); ...``
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, strict_sqs: bool = True) -> None:
-        self._server = _ThreadedServer(host, port, strict_sqs)
-        self._endpoint_url: str | None = None
+    moto's own app (as ``ThreadedMotoServer`` builds it), behind :class:`StrictSqs`
+    unless ``strict_sqs=False``.
+    """
+
+    thread_name = "moto-server"
+
+    def __init__(self, host: str = HOST, port: int = 0, *, strict_sqs: bool = True) -> None:
+        super().__init__()
+        self._host = host
+        self._port = port
+        app: WsgiApp = DomainDispatcherApplication(create_backend_app)
+        self._strict = StrictSqs(app) if strict_sqs else None
+        self._app: WsgiApp = app if self._strict is None else self._strict
         self._clients: dict[str, Any] = {}
         # Empty config/credentials files isolate the tests from ~/.aws.
         self._aws_dir = Path(tempfile.gettempdir()) / f"pop3-ingest-aws-{uuid.uuid4().hex[:12]}"
 
     # -- lifecycle -----------------------------------------------------------
 
-    def start(self) -> Self:
-        if self._endpoint_url is None:
-            # werkzeug logs every request at INFO; that drowns test and demo output.
-            logging.getLogger("werkzeug").setLevel(logging.ERROR)
-            self._aws_dir.mkdir(mode=0o700, exist_ok=True)
-            (self._aws_dir / "config").write_text("")
-            (self._aws_dir / "credentials").write_text("")
-            self._server.start()
-            host, port = self._server.get_host_and_port()
-            self._endpoint_url = f"http://{host}:{port}"
-        return self
+    def make_server(self) -> werkzeug.serving.BaseWSGIServer:
+        # werkzeug logs every request at INFO; that drowns test and demo output.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._aws_dir.mkdir(mode=0o700, exist_ok=True)
+        (self._aws_dir / "config").write_text("")
+        (self._aws_dir / "credentials").write_text("")
+        return werkzeug.serving.make_server(
+            self._host, self._port, self._app, threaded=True, request_handler=MotoRequestHandler
+        )
 
-    def stop(self) -> None:
-        if self._endpoint_url is not None:
-            self._server.stop()
-            self._endpoint_url = None
-            self._clients.clear()
+    def close(self) -> None:
+        super().close()
+        self._clients.clear()
         shutil.rmtree(self._aws_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def sqs_rejections(self) -> list[str]:
         """What the strict SQS layer refused so far (empty when not strict)."""
-        return [] if self._server.strict is None else list(self._server.strict.rejections)
+        return [] if self._strict is None else list(self._strict.rejections)
 
     @property
     def endpoint_url(self) -> str:
-        if self._endpoint_url is None:
-            raise RuntimeError("moto server not started")
-        return self._endpoint_url
+        return self.url
 
     def reset(self) -> None:
         """Forget every resource in every service (moto's own reset API)."""

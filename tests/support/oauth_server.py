@@ -14,7 +14,7 @@ One HTTP server on 127.0.0.1 serves
 
 ``oauth_dovecot(make_dovecot, oauth)`` starts a ``DovecotServer`` whose second
 passdb checks XOAUTH2/OAUTHBEARER tokens against this server (FIELD-NOTES).
-Like the rest of ``tests.support`` it does not import ``pop3_ingest``.
+It does not import ``pop3_ingest``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import contextlib
 import json
 import secrets
 import shutil
+import socketserver
 import tempfile
 import threading
 import time
@@ -31,8 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
+
+from tests.support.background import HOST, SocketServerThread
 
 if TYPE_CHECKING:
     from tests.support.dovecot import DovecotServer
@@ -63,10 +65,13 @@ class CannedResponse:
     content_type: str = "application/json"
 
 
-class OAuthTestServer:
+class OAuthTestServer(SocketServerThread):
     """Token and introspection endpoint on 127.0.0.1 (``with OAuthTestServer() as oauth:``)."""
 
+    thread_name = "oauth-test-server"
+
     def __init__(self, *, expires_in: int | str | None = DEFAULT_EXPIRES_IN) -> None:
+        super().__init__()
         self.expires_in = expires_in  # None: leave expires_in out of the response
         self.token_delay_s = 0.0  # sleep before answering /token (timeout tests)
         self.clients: dict[str, Client] = {}
@@ -76,8 +81,6 @@ class OAuthTestServer:
         self.introspections: list[str] = []
         self._canned: list[CannedResponse] = []
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self.dir = Path(tempfile.mkdtemp(prefix="pop3-ingest-oauth-"))
         self.dir.chmod(0o755)  # Dovecot's auth process reads the passdb args file here
 
@@ -125,13 +128,6 @@ class OAuthTestServer:
         return grant
 
     # -- endpoints -------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        if self._httpd is None:
-            raise RuntimeError("OAuthTestServer not started")
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     @property
     def token_url(self) -> str:
@@ -201,9 +197,7 @@ class OAuthTestServer:
 
     # -- life cycle ------------------------------------------------------------
 
-    def start(self) -> Self:
-        if self._httpd is not None:
-            return self
+    def make_server(self) -> socketserver.TCPServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -211,13 +205,7 @@ class OAuthTestServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length).decode("utf-8", "replace")
                 form = dict(urllib.parse.parse_qsl(raw, keep_blank_values=True))
-                path = self.path.split("?", 1)[0]
-                if path == "/token":
-                    status, body = owner._handle_token(form)
-                elif path == "/introspect":
-                    status, body = owner._handle_introspect(form)
-                else:
-                    status, body = 404, {"error": "not_found"}
+                status, body = owner.answer(self.path.split("?", 1)[0], form)
                 data = json.dumps(body).encode() if isinstance(body, dict) else body
                 with contextlib.suppress(OSError):  # the client may have timed out
                     self.send_response(status)
@@ -230,37 +218,21 @@ class OAuthTestServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test output clean
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="oauth-test-server",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
+        httpd = ThreadingHTTPServer((HOST, 0), Handler)
+        httpd.daemon_threads = True
+        return httpd
+
+    def answer(self, path: str, form: dict[str, str]) -> tuple[int, bytes | dict[str, Any]]:
+        """Status and body for a POST to ``path`` with this form."""
+        if path == "/token":
+            return self._handle_token(form)
+        if path == "/introspect":
+            return self._handle_introspect(form)
+        return 404, {"error": "not_found"}
 
     def close(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        super().close()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- Dovecot -----------------------------------------------------------------
 

@@ -35,7 +35,6 @@ with those quotes, in CRLF, ending with CRLF (``served_form``).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import grp
 import os
@@ -48,15 +47,14 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-HOST = "127.0.0.1"
+from tests.support.background import ThreadedTcpServer, clean_up_at_exit, cleaned_up
+
 MAIL_SPOOL = Path("/var/mail")
 # Debian's popa3d binary and the shadow tools live in sbin, often not on PATH.
 _SBIN_PATH = "/usr/sbin:/usr/local/sbin:/sbin"
@@ -69,8 +67,6 @@ CLIENT_TIMEOUT_S = 10.0  # plain poplib clients of the helpers
 _TOOL_ATTEMPTS = 5  # useradd/userdel fail while another process holds /etc/passwd's lock
 
 _FROM_LINE = re.compile(rb"^From ", re.MULTILINE)
-
-_live: list[Popa3dServer | Popa3dMailbox] = []
 
 
 class Popa3dError(RuntimeError):
@@ -181,72 +177,44 @@ def _without_separator(lines: list[bytes]) -> bytes:
 # -- the server ----------------------------------------------------------------
 
 
-class Popa3dServer:
+class Popa3dServer(ThreadedTcpServer):
     """An inetd of one service: each connection to ``port`` gets its own ``popa3d``."""
 
+    thread_name = "popa3d-inetd"
+
     def __init__(self) -> None:
+        super().__init__()
         binary = popa3d_binary()
         if binary is None:
             raise Popa3dError("popa3d binary not found (scripts/install_popa3d.sh)")
         self._binary = binary
-        self.host = HOST
         self.dir = Path(tempfile.mkdtemp(prefix="pop3-ingest-popa3d-"))
         self.stderr_path = self.dir / "popa3d.stderr"
-        self._listener: socket.socket | None = None
-        self._thread: threading.Thread | None = None
         self._sessions: list[subprocess.Popen[bytes]] = []
-        self._lock = threading.Lock()
-        self.connections = 0
 
-    @property
-    def port(self) -> int:
-        if self._listener is None:
-            raise Popa3dError("popa3d server not started")
-        return int(self._listener.getsockname()[1])
-
-    def start(self) -> Self:
-        if self._listener is not None:
-            return self
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.bind((self.host, 0))
-        listener.listen(16)
-        self._listener = listener
-        self._thread = threading.Thread(target=self._accept_loop, name="popa3d-inetd", daemon=True)
-        self._thread.start()
-        _live.append(self)
-        return self
-
-    def _accept_loop(self) -> None:
-        listener = self._listener
-        assert listener is not None
-        while True:
+    def accepted(self, conn: socket.socket, index: int) -> None:
+        with conn, self.stderr_path.open("ab") as stderr:
             try:
-                conn, _ = listener.accept()
-            except OSError:
-                return  # close() shut the listener down
-            with conn, self.stderr_path.open("ab") as stderr:
-                try:
-                    # Its own session (process group), so close() can kill the
-                    # session together with the children popa3d forks.
-                    proc = subprocess.Popen(
-                        [self._binary],
-                        stdin=conn.fileno(),
-                        stdout=conn.fileno(),
-                        stderr=stderr,
-                        start_new_session=True,
-                        env={"PATH": f"/usr/bin:/bin:{_SBIN_PATH}"},
-                    )
-                except OSError as exc:
-                    stderr.write(f"spawning popa3d failed: {exc}\n".encode())
-                    continue
-            with self._lock:
-                self._sessions.append(proc)
-                self.connections += 1
+                # Its own session (process group), so close() can kill the
+                # session together with the children popa3d forks.
+                proc = subprocess.Popen(
+                    [self._binary],
+                    stdin=conn.fileno(),
+                    stdout=conn.fileno(),
+                    stderr=stderr,
+                    start_new_session=True,
+                    env={"PATH": f"/usr/bin:/bin:{_SBIN_PATH}"},
+                )
+            except OSError as exc:
+                stderr.write(f"spawning popa3d failed: {exc}\n".encode())
+                return
+        with self.lock:
+            self._sessions.append(proc)
 
     def wait_idle(self, timeout: float = SESSION_TIMEOUT_S) -> None:
         """Wait until every session has ended (and so finished rewriting the mbox)."""
         deadline = time.monotonic() + timeout
-        with self._lock:
+        with self.lock:
             sessions = list(self._sessions)
         for proc in sessions:
             try:
@@ -255,28 +223,19 @@ class Popa3dServer:
                 raise Popa3dError(
                     f"popa3d session {proc.pid} still running after {timeout:.0f}s"
                 ) from None
-        with self._lock:
+        with self.lock:
             self._sessions = [p for p in self._sessions if p.poll() is None]
 
     def close(self) -> None:
         """Stop listening and kill the sessions still running (with their children)."""
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-            listener.close()
-        if self._thread is not None:
-            self._thread.join(timeout=SESSION_TIMEOUT_S)
-            self._thread = None
-        with self._lock:
+        super().close()
+        with self.lock:
             sessions, self._sessions = self._sessions, []
         for proc in sessions:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=SESSION_TIMEOUT_S)
-        with contextlib.suppress(ValueError):
-            _live.remove(self)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def stderr_text(self) -> str:
@@ -285,19 +244,8 @@ class Popa3dServer:
         except FileNotFoundError:
             return ""
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def __repr__(self) -> str:
-        state = f"port={self.port}" if self._listener is not None else "stopped"
+        state = "stopped" if self.stopping.is_set() else f"port={self._port or '-'}"
         return f"<Popa3dServer {state} connections={self.connections}>"
 
 
@@ -334,7 +282,8 @@ class Popa3dMailbox:
             user,
         )  # fmt: skip
         mailbox = cls(server=server, user=user, password=password)
-        _live.append(mailbox)
+        # After the servers: userdel refuses a user whose session is still running.
+        clean_up_at_exit(mailbox, mailbox.remove, order=1)
         try:
             MAIL_SPOOL.mkdir(mode=0o2775, exist_ok=True)  # base-files makes it; slim images may not
             _run_tool("chpasswd", stdin=f"{user}:{password}\n")
@@ -435,8 +384,7 @@ class Popa3dMailbox:
         with contextlib.suppress(KeyError):
             pwd.getpwnam(self.user)
             _run_tool("userdel", self.user)
-        with contextlib.suppress(ValueError):
-            _live.remove(self)
+        cleaned_up(self)
 
 
 @contextlib.contextmanager
@@ -449,15 +397,3 @@ def popa3d_mailbox() -> Iterator[Popa3dMailbox]:
         finally:
             server.close()  # first: userdel refuses a user with running processes
             mailbox.remove()
-
-
-@atexit.register
-def _remove_leftovers() -> None:
-    # A test run cut short must not leave users in /etc/passwd or sessions running.
-    # Servers first: userdel refuses a user whose session is still running.
-    for item in sorted(_live, key=lambda item: isinstance(item, Popa3dMailbox)):
-        with contextlib.suppress(Exception):
-            if isinstance(item, Popa3dServer):
-                item.close()
-            else:
-                item.remove()

@@ -1,18 +1,20 @@
-"""Machinery for the never-lose tests (issue 8): slow AWS, a deadline that moves, a ledger.
+"""Hooks on the handler's own S3 and SQS clients: faults, slowness, what was announced.
 
-- :class:`SlowAws` hooks the handler's own S3 and SQS clients (``app.aws_clients()``
-  is cached, so the hooks see every call the handler makes) at botocore's send
-  step: chosen calls are held, as a slow region would hold them, until the
-  handler returns, and from then on every call is refused. That models Lambda
-  freezing the process at return: work left running then never reaches AWS.
-- :class:`DeadlineContext` is the Lambda context with a deadline a hook can
-  bring close mid-run (so "the deadline comes while uploads are slow" is an
-  ordering, not a race).
-- :class:`Ledger` collects what was announced: a message is announced when a
-  pointer names an S3 object holding its exact bytes.
+``aws_clients()`` of the handler is cached, so a hook registered on its clients
+sees every call the handler makes. The hooks sit at botocore's send step, below
+its retry handler: the SDK's real retries run before the handler sees a failure.
+
+- :class:`AwsFaults`: chosen calls answer with an HTTP error.
+- :class:`SlowAws`: chosen calls are held, as a slow region would hold them,
+  until the handler returns; from then on every call is refused. That models
+  Lambda freezing the process at return: work left running never reaches AWS.
+- :class:`PointerTap` and :class:`Ledger`: what SQS accepted, and whether each
+  message is announced (a pointer names an S3 object holding its exact bytes).
 
 Nothing measures time: holds are bounded (:data:`HOLD_SECONDS`) so a run that
-waits for them still ends, and the tests check what the run did.
+waits for them still ends, and the tests check what the run did. The handler
+is imported when a hook is installed, after the ``moto`` fixture has set the
+Powertools environment.
 """
 
 from __future__ import annotations
@@ -28,39 +30,28 @@ from typing import Any, cast
 
 from botocore.awsrequest import AWSResponse
 from botocore.compat import HTTPHeaders
-from tests.integration.conftest import EVENT
-from tests.support.corpus import simple_message
 from tests.support.fake_pop3 import FakeMessage, FakePop3Server
-from tests.support.lambda_context import FakeLambdaContext
 from tests.support.moto_server import AwsResources
-
-from .conftest import HostileHarness, Outcome
 
 # The longest a held call waits for the handler to return. Longer than any
 # deadline these tests give, so a run that waits for held calls overruns it.
 HOLD_SECONDS = 6.0
-# DEADLINE_MARGIN_SECONDS in these tests (the ``slow_aws`` fixture sets it).
+# DEADLINE_MARGIN_SECONDS in the tests that make AWS slow (the ``slow_aws`` fixture).
 MARGIN = 2.0
 # Threads the core runs uploads and announces on (ThreadPoolExecutor prefixes).
 _WORKER_PREFIXES = ("upload", "announce")
 
 
-class DeadlineContext(FakeLambdaContext):
-    """A Lambda context whose deadline can be brought forward while the handler runs."""
+def handler_clients() -> Any:
+    """The handler's own (cached) AWS clients."""
+    from pop3_ingest.handlers.fetch import aws_clients
 
-    def expire_in(self, seconds: float) -> None:
-        self._deadline = time.monotonic() + seconds
-
-
-@dataclass
-class Invocation:
-    """One handler call: its outcome, and the Lambda time left when it returned."""
-
-    outcome: Outcome
-    remaining_ms: int
+    return aws_clients()
 
 
-class _Body:
+class _RawBody:
+    """What botocore reads a response body from."""
+
     def __init__(self, body: bytes) -> None:
         self._body = body
 
@@ -68,17 +59,49 @@ class _Body:
         yield self._body
 
 
-def _refusal(url: str, service: str) -> AWSResponse:
+def error_response(url: str, service: str, status: int, code: str, message: str) -> AWSResponse:
+    """An error answer as S3 (XML) or SQS (JSON protocol) gives it."""
     headers = HTTPHeaders()
-    # 403: not retried by the SDK, so a frozen process makes no progress at all.
     if service == "s3":
-        body = b"<Error><Code>AccessDenied</Code><Message>process frozen</Message></Error>"
+        body = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>".encode()
         headers["Content-Type"] = "application/xml"
     else:
-        body = b'{"__type":"AccessDenied","message":"process frozen"}'
+        body = json.dumps({"__type": code, "message": message}).encode()
         headers["Content-Type"] = "application/x-amz-json-1.0"
-        headers["x-amzn-query-error"] = "AccessDenied"
-    return AWSResponse(url, 403, headers, _Body(body))
+        headers["x-amzn-query-error"] = code
+    return AWSResponse(url, status, headers, _RawBody(body))
+
+
+class AwsFaults:
+    """Make the handler's own S3/SQS client answer chosen calls with an HTTP error."""
+
+    def __init__(self) -> None:
+        self._registered: list[tuple[Any, str, Callable[..., AWSResponse | None]]] = []
+
+    def install(
+        self,
+        service: str,
+        operation: str,
+        status: int = 500,
+        code: str = "InternalError",
+        when: Callable[[Any], bool] = lambda request: True,
+    ) -> None:
+        """Calls of ``service.operation`` for which ``when(request)`` fail with ``status``."""
+        client = getattr(handler_clients(), service)
+
+        def handler(request: Any, **_: Any) -> AWSResponse | None:
+            if not when(request):
+                return None
+            return error_response(request.url, service, status, code, "injected")
+
+        event = f"before-send.{service}.{operation}"
+        client.meta.events.register(event, handler)
+        self._registered.append((client, event, handler))
+
+    def remove_all(self) -> None:
+        for client, event, handler in self._registered:
+            client.meta.events.unregister(event, handler)
+        self._registered.clear()
 
 
 @dataclass(frozen=True)
@@ -113,9 +136,7 @@ class SlowAws:
     # -- set-up ------------------------------------------------------------------
 
     def install(self) -> None:
-        from pop3_ingest.handlers.fetch import aws_clients
-
-        clients = aws_clients()
+        clients = handler_clients()
         for client, service in ((clients.s3, "s3"), (clients.sqs, "sqs")):
             event = f"before-send.{service}"
             # botocore uses a handler's response at before-send (the stub says None).
@@ -220,20 +241,9 @@ class SlowAws:
         return None
 
 
-def invoke(
-    hostile: HostileHarness, slow: SlowAws, context: FakeLambdaContext | None = None
-) -> Invocation:
-    """Call the real handler once; then the process is "frozen" (see :class:`SlowAws`)."""
-    from pop3_ingest.handlers.fetch import lambda_handler
-
-    context = context or DeadlineContext(remaining_ms=60_000)
-    try:
-        outcome = Outcome(lambda_handler(dict(EVENT), context), None)
-    except Exception as exc:
-        outcome = Outcome(None, exc)
-    remaining = context.get_remaining_time_in_millis()
-    slow.freeze()
-    return Invocation(outcome, remaining)
+def _refusal(url: str, service: str) -> AWSResponse:
+    # 403: not retried by the SDK, so a frozen process makes no progress at all.
+    return error_response(url, service, 403, "AccessDenied", "process frozen")
 
 
 def content_id(body: bytes) -> str:
@@ -255,9 +265,7 @@ class PointerTap:
         self._client: Any = None
 
     def install(self) -> None:
-        from pop3_ingest.handlers.fetch import aws_clients
-
-        self._client = aws_clients().sqs
+        self._client = handler_clients().sqs
         events = self._client.meta.events
         events.register("before-parameter-build.sqs.SendMessageBatch", self._remember)
         events.register("after-call.sqs.SendMessageBatch", self._accepted)
@@ -294,17 +302,16 @@ class Ledger:
     object's bytes; a multipart object is read): cheap for hundreds of messages.
     """
 
-    hostile: HostileHarness
+    aws: AwsResources
     tap: PointerTap
     pointers: list[dict[str, Any]] = field(default_factory=list)
     _contents: Counter[str] = field(default_factory=Counter)
 
     def announced(self) -> Counter[str]:
         """How many pointers name an object with each content (:func:`content_id`)."""
-        aws = self.hostile.aws
         new = self.tap.take()
         if new:
-            etags = _etags(aws)
+            etags = _etags(self.aws)
             for pointer in new:
                 self.pointers.append(pointer)
                 key = str(pointer.get("key"))
@@ -312,7 +319,7 @@ class Ledger:
                 if etag is None:
                     continue  # names no object
                 if "-" in etag:  # multipart: its ETag is not the MD5 of its bytes
-                    etag = content_id(aws.get_object(key))
+                    etag = content_id(self.aws.get_object(key))
                 self._contents[etag] += 1
         return Counter(self._contents)
 
@@ -334,17 +341,3 @@ def _etags(aws: AwsResources) -> dict[str, str]:
         for page in paginator.paginate(Bucket=aws.bucket)
         for obj in page.get("Contents", [])
     }
-
-
-def big_message(i: int, size: int) -> bytes:
-    """A message of exactly ``size`` bytes (CRLF lines), distinct per ``i``."""
-    head = simple_message(i)
-    line = b"%08d " % i + b"x" * 68 + b"\r\n"
-    filler = line * ((size - len(head)) // len(line) + 1)
-    body = head + filler
-    return body[: size - 2] + b"\r\n"
-
-
-def state_saved(hostile: HostileHarness) -> bool:
-    """Whether the mailbox's run state is in S3."""
-    return any("/_state/" in key or key.startswith("_state/") for key in hostile.aws.keys())

@@ -10,29 +10,20 @@ when installed (``make deps-bench``); ``make test`` does not need them.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 from benchmarks.contenders import available
 from benchmarks.run import main
 from tests.support.dovecot import dovecot_binary
+from tests.support.harness import require
 
 pytestmark = pytest.mark.integration
 
 
-def _require_dovecot() -> None:
-    if dovecot_binary() is not None:
-        return
-    message = "dovecot is not installed; `make test` installs it"
-    if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
 @pytest.mark.timeout(120)
 def test_harness_runs_every_contender_on_a_tiny_corpus(tmp_path: Path) -> None:
-    _require_dovecot()
+    require(None if dovecot_binary() else "dovecot is not installed; `make test` installs it")
     contenders = ["ours", "bare", "sink"] + [c for c in ("getmail6", "fetchmail") if available(c)]
     out = tmp_path / "out"
     argv = [

@@ -29,6 +29,7 @@ from tests.support.fake_pop3 import FakeMessage, Fault
 from tests.support.harness import (
     AFTER_A_BROKEN_MESSAGE,
     CapturedOutput,
+    HandlerHarness,
     Harness,
     HostileHarness,
     Outcome,
@@ -143,21 +144,14 @@ def mailbox(
     return Harness(dovecot=server, aws=aws, monkeypatch=monkeypatch)
 
 
-def attempt(harness: Harness) -> Outcome:
-    try:
-        return Outcome(harness.run(remaining_ms=60_000), None)
-    except Exception as exc:
-        return Outcome(None, exc)
-
-
-def secret_json(harness: Harness, secret: dict[str, Any]) -> str:
+def secret_json(harness: HandlerHarness, secret: dict[str, Any]) -> str:
     harness.configure(secret)
     return json.dumps(secret)  # exactly what Secrets Manager holds (moto_server.create_secret)
 
 
 def test_successful_run(mailbox: Harness, everything: Everything) -> None:
     stored = secret_json(mailbox, mailbox.dovecot.secret(USER, mailbox="secrets"))
-    outcome = everything.add(attempt(mailbox))
+    outcome = everything.add(mailbox.attempt())
     assert outcome.summary is not None
     assert outcome.summary["deleted"] == 3
     everything.assert_clean(PASSWORD, document=stored)
@@ -165,7 +159,7 @@ def test_successful_run(mailbox: Harness, everything: Everything) -> None:
 
 def test_wrong_password(mailbox: Harness, everything: Everything) -> None:
     stored = secret_json(mailbox, mailbox.dovecot.secret(USER, password=WRONG_PASSWORD))
-    outcome = everything.add(attempt(mailbox))
+    outcome = everything.add(mailbox.attempt())
     assert isinstance(outcome.error, AuthError)
     assert "login failed" in everything.text()
     everything.assert_clean(WRONG_PASSWORD, PASSWORD, document=stored)
@@ -174,7 +168,7 @@ def test_wrong_password(mailbox: Harness, everything: Everything) -> None:
 def test_untrusted_tls_certificate(mailbox: Harness, everything: Everything) -> None:
     secret = mailbox.dovecot.secret(USER, ca_cert=mailbox.dovecot.other_ca_pem)
     stored = secret_json(mailbox, secret)
-    outcome = everything.add(attempt(mailbox))
+    outcome = everything.add(mailbox.attempt())
     assert isinstance(outcome.error, TlsError)
     everything.assert_clean(PASSWORD, document=stored)
 
@@ -182,7 +176,7 @@ def test_untrusted_tls_certificate(mailbox: Harness, everything: Everything) -> 
 def test_untrusted_tls_certificate_with_starttls(mailbox: Harness, everything: Everything) -> None:
     secret = mailbox.dovecot.secret(USER, tls="starttls", ca_cert=mailbox.dovecot.other_ca_pem)
     stored = secret_json(mailbox, secret)
-    outcome = everything.add(attempt(mailbox))
+    outcome = everything.add(mailbox.attempt())
     assert isinstance(outcome.error, TlsError)
     everything.assert_clean(PASSWORD, document=stored)
 
@@ -272,7 +266,7 @@ def test_oauth2_login_and_a_revoked_token(
     secret = oauth_secret("127.0.0.1", server.pop3s_port, "implicit", oauth, ca_cert=server.ca_pem)
     stored = secret_json(harness, secret)
 
-    outcome = everything.add(attempt(harness))
+    outcome = everything.add(harness.attempt())
     assert outcome.summary is not None
     assert outcome.summary["deleted"] == 1
 
@@ -280,7 +274,7 @@ def test_oauth2_login_and_a_revoked_token(
     for token in list(oauth.issued):
         oauth.revoke(token)
     server.deliver(USER, simple_message(2))
-    failed = everything.add(attempt(harness))
+    failed = everything.add(harness.attempt())
     assert isinstance(failed.error, AuthError)
 
     tokens = tuple(oauth.issued)
@@ -307,7 +301,7 @@ def test_hostile_server_echoing_the_xoauth2_string(
 def test_even_with_root_logging_at_debug(mailbox: Harness, everything: Everything) -> None:
     everything.caplog.set_level(logging.DEBUG)
     stored = secret_json(mailbox, mailbox.dovecot.secret(USER))
-    everything.add(attempt(mailbox))
+    everything.add(mailbox.attempt())
     everything.assert_clean(PASSWORD, document=stored)
 
 

@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 from tests.support import corpus
-from tests.support.harness import EVENT, sha256
-from tests.support.lambda_context import FakeLambdaContext
+from tests.support.harness import HandlerHarness, sha256
 from tests.support.moto_server import AwsResources
 from tests.support.popa3d import Popa3dMailbox, ServedMessage, served_form
 
@@ -72,40 +71,23 @@ def colliding_corpus() -> list[bytes]:
     ]  # fmt: skip
 
 
-@dataclass
-class Popa3dRun:
+@dataclass(kw_only=True)
+class Popa3dRun(HandlerHarness):
     """The real handler, configured for one popa3d mailbox, with moto behind it."""
 
     mailbox: Popa3dMailbox
-    aws: AwsResources
-    monkeypatch: pytest.MonkeyPatch
 
-    def configure(self, **secret: Any) -> None:
-        name = self.aws.put_secret(
-            f"mailbox-{self.mailbox.user}", self.mailbox.secret(mailbox=MAILBOX_NAME, **secret)
-        )
-        env = {**self.aws.function_env(name), "DEADLINE_MARGIN_SECONDS": "2"}
-        for key, value in env.items():
-            self.monkeypatch.setenv(key, value)
-
-    def run(self) -> dict[str, Any]:
-        from pop3_ingest.handlers.fetch import lambda_handler
-
-        result: dict[str, Any] = lambda_handler(
-            dict(EVENT), FakeLambdaContext(remaining_ms=120_000)
-        )
-        return result
-
-    def mail_objects(self) -> dict[str, bytes]:
-        """Stored messages only (not the run state or quarantine records)."""
-        return {k: v for k, v in self.aws.objects().items() if "/_" not in k}
+    def configure_mailbox(self, **secret: Any) -> str:
+        """Point the function at the popa3d mailbox (``secret`` overrides its fields)."""
+        secret = self.mailbox.secret(mailbox=MAILBOX_NAME, **secret)
+        return self.configure(secret, DEADLINE_MARGIN_SECONDS="2")
 
 
 @pytest.fixture
 def popa3d_run(
     popa3d: Popa3dMailbox, aws: AwsResources, monkeypatch: pytest.MonkeyPatch
 ) -> Popa3dRun:
-    return Popa3dRun(mailbox=popa3d, aws=aws, monkeypatch=monkeypatch)
+    return Popa3dRun(mailbox=popa3d, user=popa3d.user, aws=aws, monkeypatch=monkeypatch)
 
 
 def assert_pointers_name_their_objects(
@@ -152,7 +134,7 @@ def test_delete_mode_drains_messages_sharing_a_uidl_byte_exact(popa3d_run: Popa3
     mailbox.deliver_all(colliding_corpus())
     before = mailbox.served()
     assert shared_uidls(before) == 9
-    popa3d_run.configure()
+    popa3d_run.configure_mailbox()
 
     # WHEN one run ingests it
     summary = popa3d_run.run()
@@ -186,7 +168,7 @@ def test_keep_mode_announces_each_content_once_across_runs(popa3d_run: Popa3dRun
     mbox_before = mailbox.remaining()
     distinct = {sha256(m.data) for m in before}
     assert shared_uidls(before) == 9
-    popa3d_run.configure(delete=False)
+    popa3d_run.configure_mailbox(delete=False)
 
     # WHEN it runs
     first = popa3d_run.run()
@@ -218,7 +200,7 @@ def test_plain_mailbox_with_unique_uidls_is_drained_byte_exact(popa3d_run: Popa3
     with mailbox.client() as client:
         uidls = {line.split()[1].decode() for line in client.uidl()[1]}
     assert len(uidls) == len(messages)
-    popa3d_run.configure()
+    popa3d_run.configure_mailbox()
 
     # WHEN one run ingests it over popa3d's plain RFC 1939 dialogue
     summary = popa3d_run.run()

@@ -163,6 +163,9 @@ class ThreadedTcpServer(BackgroundService):
         listener, self._listener = self._listener, None
         if listener is not None:
             with contextlib.suppress(OSError):
+                # Wakes the accept loop at once (Linux), not at its next poll.
+                listener.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
                 listener.close()
         if self._accept_thread is not None:
             # Joined first: once it has ended, no new socket or thread appears.

@@ -7,17 +7,14 @@ holds the TLS keys, so it sees what a proxy in the middle could not).
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import ssl
 import subprocess
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import pytest
+from tests.support.background import ThreadedTcpServer
 
 from pop3_ingest.config import MailboxConfig
 from pop3_ingest.errors import TlsError
@@ -62,31 +59,21 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     return Certificates((where / "ca.pem").read_text(), context)
 
 
-class StarttlsServer:
-    """Serves one connection: CAPA (with STLS if offered), STLS, USER, PASS, UIDL, LIST,
-    QUIT; ``commands`` holds every line received, as the server read it."""
+class StarttlsServer(ThreadedTcpServer):
+    """Serves CAPA (with STLS if offered), STLS, USER, PASS, UIDL, LIST, QUIT;
+    ``commands`` holds every line received, as the server read it."""
+
+    thread_name = "starttls-server"
 
     def __init__(self, tls: ssl.SSLContext, *, offer_stls: bool = True) -> None:
+        super().__init__()
         self.commands: list[str] = []
         self._tls = tls
         self._offer_stls = offer_stls
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(10)
-        self.port: int = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._listener.close()
-        self._thread.join(timeout=10)
+    def accepted(self, conn: socket.socket, index: int) -> None:
+        conn.settimeout(10)
+        self.spawn(self._converse, self.track(conn), name=f"starttls-{index}")
 
     def before_and_after_stls(self) -> tuple[list[str], list[str]]:
         """The command verbs sent in clear text, and those sent once STLS was answered."""
@@ -95,13 +82,6 @@ class StarttlsServer:
             return verbs, []
         at = verbs.index("STLS")
         return verbs[:at], verbs[at + 1 :]
-
-    def _serve(self) -> None:
-        with contextlib.suppress(OSError):
-            conn, _ = self._listener.accept()
-            with conn:
-                conn.settimeout(10)
-                self._converse(conn)
 
     def _converse(self, conn: socket.socket) -> None:
         stream: socket.socket = conn
@@ -114,8 +94,12 @@ class StarttlsServer:
             if verb == "STLS":
                 stream.sendall(b"+OK begin TLS negotiation\r\n")
                 reader.close()  # nothing more was sent in clear: the client waits for the handshake
-                stream = self._tls.wrap_socket(conn, server_side=True)
-                reader = stream.makefile("rb")
+                secured = self._tls.wrap_socket(
+                    conn, server_side=True, do_handshake_on_connect=False
+                )
+                self.track(secured)  # before the handshake: close() wakes one that stalls
+                secured.do_handshake()
+                stream, reader = secured, secured.makefile("rb")
                 continue
             stream.sendall(self._answer(verb, under_tls=stream is not conn))
             if verb == "QUIT":
@@ -161,6 +145,7 @@ def test_starttls_sends_capa_once_before_stls_and_once_after(certificates: Certi
     assert before == ["CAPA"]
     assert after == ["CAPA", "USER", "PASS", "UIDL", "LIST", "QUIT"]
     assert f"PASS {PASSWORD}" in server.commands  # it did arrive, under TLS
+    assert not server.errors
 
 
 def test_a_server_without_stls_is_refused_before_any_credential(
@@ -171,3 +156,4 @@ def test_a_server_without_stls_is_refused_before_any_credential(
         with pytest.raises(TlsError, match="does not offer STLS"):
             mailbox.__enter__()
     assert server.commands == ["CAPA"]
+    assert not server.errors

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+from tests.support.background import JOIN_TIMEOUT_S, ThreadedTcpServer
 
 from pop3_ingest.pop3 import auth as sasl
 from pop3_ingest.pop3.auth import SaslRejected
@@ -24,19 +25,23 @@ ERROR_CHALLENGE = b"+ " + base64.b64encode(
 )
 
 
-class ScriptedServer:
+class ScriptedServer(ThreadedTcpServer):
     """Answers each line the client sends with the next scripted reply; records the bytes."""
 
+    thread_name = "scripted-pop3"
+
     def __init__(self, replies: list[bytes]) -> None:
+        super().__init__()
         self.replies = list(replies)
         self.received = bytearray()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self._conversations: list[threading.Thread] = []
 
-    def _serve(self) -> None:
-        conn, _ = self._listener.accept()
+    def accepted(self, conn: socket.socket, index: int) -> None:
+        thread = self.spawn(self._converse, self.track(conn), name=f"scripted-pop3-{index}")
+        with self.lock:
+            self._conversations.append(thread)
+
+    def _converse(self, conn: socket.socket) -> None:
         with conn:
             conn.sendall(b"+OK fake POP3 ready\r\n")
             buffer = b""
@@ -57,8 +62,13 @@ class ScriptedServer:
         return bytes(self.received).split(b"\r\n")[:-1]
 
     def close(self) -> None:
-        self._listener.close()
-        self._thread.join(timeout=5)
+        # The client has hung up: let each conversation read to the end of what it sent
+        # before the base class shuts the sockets down.
+        with self.lock:
+            conversations = list(self._conversations)
+        for thread in conversations:
+            thread.join(timeout=JOIN_TIMEOUT_S)
+        super().close()
 
 
 Connect = Callable[[list[bytes]], tuple[poplib.POP3, ScriptedServer]]
@@ -70,7 +80,7 @@ def pop() -> Iterator[Connect]:
     made: list[tuple[poplib.POP3, ScriptedServer]] = []
 
     def connect(replies: list[bytes]) -> tuple[poplib.POP3, ScriptedServer]:
-        server = ScriptedServer(replies)
+        server = ScriptedServer(replies).start()
         client = poplib.POP3("127.0.0.1", server.port, timeout=5)
         made.append((client, server))
         return client, server
@@ -84,6 +94,7 @@ def pop() -> Iterator[Connect]:
 def finish(client: poplib.POP3, server: ScriptedServer) -> list[bytes]:
     client.close()
     server.close()
+    assert not server.errors
     return server.lines()
 
 

@@ -288,13 +288,15 @@ class UploadStage:
     def abandon(self, deadline: Deadline) -> None:
         """Out of time: running uploads give up, and nothing waits long for them.
 
-        Pointer batches already on their way get the same moment; those that
-        arrive are recorded as announced, so the next run proves their messages
-        instead of announcing them again.
+        Pointer batches already on their way are not waited for (a hung queue
+        must not hold the run), but those that arrived meanwhile are recorded as
+        announced, so the next run proves their messages instead of announcing
+        them again.
         """
         self._pools.cancel()
         running: list[Future[Any]] = [u for u in self._uploads if not u.cancel()]
-        running += [batch for batch in self._announces if not batch.cancel()]
+        for sending in self._announces:
+            sending.cancel()  # not started yet: never sent
         # Cancelled uploads abort their multipart uploads in their own thread:
         # give them a moment, while more than a quarter of the margin is left
         # (on the deadline's own clock) for saving the state.

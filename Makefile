@@ -41,6 +41,8 @@ help:
 	make lock         re-pin requirements.lock from pyproject.toml (uv)
 	make unit         pytest tests/unit
 	make simulate     the long simulation search (10,000 examples; SIM_MAX_EXAMPLES=N to resize)
+	make bench-fleet  fleet benchmark against moto: benchmarks/fleet.{json,md} (BENCH_FLEET_N=100000 for the long run)
+	make cost         docs/cost.md from benchmarks/fleet.json (AWS list prices, 1 / 1,000 / 100,000 mailboxes)
 	make demo         deps + scripts/demo.py
 	make fmt          ruff --fix + ruff format
 	make clean        remove build and tool caches (distclean also removes $(VENV))
@@ -115,7 +117,7 @@ template: venv
 	"$$checkov_venv/bin/checkov" --file template.yaml --framework cloudformation \
 	  --skip-download --compact --quiet
 	# checkov drops resources whose Condition is false under the parameter
-	# defaults, so the Mode=fleet resources (dispatcher, jobs queues, their IAM)
+	# defaults, so the Mode=fleet resources (reconciler, schedules, jobs queues, their IAM)
 	# are scanned in a copy of the template whose Mode defaults to fleet.
 	fleet_dir=$$(mktemp -d)
 	trap 'rm -rf "$$fleet_dir"' EXIT
@@ -212,3 +214,15 @@ SIM_ARGS ?=
 simulate: venv
 	HYPOTHESIS_PROFILE=simulate "$(BIN)/python" -m pytest tests/simulation -p no:cacheprovider \
 	  --timeout=0 --hypothesis-show-statistics $(SIM_ARGS)
+
+# -- fleet benchmark and cost model (issue 10): kept out of `make test` (its smoke test runs there) --
+# N mailboxes (BENCH_FLEET_N, default 10,000) against moto with latency per call, a sample of
+# them run for real on Dovecot: benchmarks/fleet.json and fleet.md (~5 minutes at 10,000).
+.PHONY: bench-fleet cost
+
+bench-fleet: deps
+	"$(BIN)/python" -m benchmarks.fleet
+
+# docs/cost.md from benchmarks/fleet.json: per line item, per mailbox-month, against the goal.
+cost: venv
+	"$(BIN)/python" scripts/cost_model.py

@@ -234,6 +234,7 @@ def run_ours(setup: Setup) -> Outcome:
         "SECRET_ID": SECRET_ID,
         "BUCKET_NAME": BUCKET,
         "QUEUE_URL": queue_url,
+        "ALLOW_PRIVATE_HOSTS": "true",  # the benchmark's servers listen on 127.0.0.1
         "MAX_MESSAGES_PER_RUN": "0",
         "POP3_TIMEOUT_SECONDS": "60",
         "POWERTOOLS_SERVICE_NAME": "pop3-ingest",

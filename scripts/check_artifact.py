@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 
 BUILD_DIR = Path(sys.argv[1] if len(sys.argv) > 1 else ".aws-sam/build")
-FUNCTIONS = ("FetchFunction", "DispatchFunction")
+FUNCTIONS = ("FetchFunction", "ReconcileFunction")
 # What may stand at the top of an artifact besides the package.
 SAM_FILES = {"requirements.txt"}
 PACKAGE = "pop3_ingest"
-MUST_HOLD = ("handlers/fetch.py", "handlers/dispatch.py", "domain/ingest.py")
+MUST_HOLD = ("handlers/fetch.py", "handlers/reconcile.py", "domain/ingest.py")
 
 
 def problems(artifact: Path) -> list[str]:
@@ -40,7 +40,7 @@ def problems(artifact: Path) -> list[str]:
 
 
 def main() -> int:
-    # The fetch function is always built; the dispatcher too, where SAM builds it.
+    # The fetch function is always built; the reconciler too, where SAM builds it.
     built = [name for name in FUNCTIONS if (BUILD_DIR / name).exists()] or [FUNCTIONS[0]]
     found = [problem for name in built for problem in problems(BUILD_DIR / name)]
     for problem in found:

@@ -117,6 +117,8 @@ def main() -> int:
                 "SECRET_ID": SECRET_NAME,
                 "BUCKET_NAME": aws.bucket,
                 "QUEUE_URL": aws.queue_url,
+                # The demo's POP3 server listens on 127.0.0.1.
+                "ALLOW_PRIVATE_HOSTS": "true",
                 "POWERTOOLS_TRACE_DISABLED": "true",
                 "POWERTOOLS_SERVICE_NAME": "pop3-ingest",
                 "POWERTOOLS_METRICS_NAMESPACE": "Pop3IngestDemo",

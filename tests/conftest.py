@@ -21,6 +21,10 @@ POWERTOOLS_TEST_ENV = {
     "POWERTOOLS_METRICS_NAMESPACE": "Pop3IngestTest",
     "POWERTOOLS_SERVICE_NAME": "pop3-ingest",
 }
+# Powertools reads these when a handler module is first imported, which may be
+# at collection (a test module importing the handlers): set them before that.
+for _name, _value in POWERTOOLS_TEST_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 # -- AWS (moto) ---------------------------------------------------------------
 

@@ -2,6 +2,12 @@
 
 It logs in, shows what the server offers and how much mail waits, and changes
 nothing: no RETR, no DELE, and the session ends with QUIT.
+
+The secret may have been written by a tenant, so check holds its host and
+token URL to the same rule as the function (pop3_ingest.netguard): public
+addresses only. ``--allow-private-hosts`` lifts it for one run, as
+ALLOW_PRIVATE_HOSTS=true does for a deployment. The operator's shell is not
+the function's environment: check reads the flag, never the variable.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from pop3_ingest.config import MailboxConfig, TlsMode
 from pop3_ingest.errors import SecretError
+from pop3_ingest.netguard import AddressPolicy
 from pop3_ingest.redaction import secret_values
 from pop3_ingest_cli import render
 
@@ -46,10 +53,19 @@ class MailboxSession(Protocol):
 Connect = Callable[[MailboxConfig, float], MailboxSession]
 
 
-def pop3_connect(config: MailboxConfig, timeout: float) -> MailboxSession:
-    from pop3_ingest.pop3 import Pop3Mailbox  # imported on first use: --help stays quick
+# The command line's way to lift the address rule (the function's is ALLOW_PRIVATE_HOSTS).
+ALLOW_FLAG = "--allow-private-hosts"
 
-    return Pop3Mailbox(config, timeout=timeout)
+
+def pop3_connect(address_policy: AddressPolicy) -> Connect:
+    """Real POP3 sessions whose host and token URL are held to ``address_policy``."""
+
+    def connect(config: MailboxConfig, timeout: float) -> MailboxSession:
+        from pop3_ingest.pop3 import Pop3Mailbox  # imported on first use: --help stays quick
+
+        return Pop3Mailbox(config, timeout=timeout, address_policy=address_policy)
+
+    return connect
 
 
 @dataclass
@@ -149,7 +165,10 @@ def load_config(args: argparse.Namespace) -> tuple[MailboxConfig, set[str]]:
     return config, set(config.secret_values())
 
 
-def cmd_check(args: argparse.Namespace, connect: Connect = pop3_connect) -> int:
+def cmd_check(args: argparse.Namespace, connect: Connect | None = None) -> int:
+    if connect is None:
+        policy = AddressPolicy(allow_private=args.allow_private_hosts, switch=ALLOW_FLAG)
+        connect = pop3_connect(policy)
     secrets: set[str] = set()
     report: CheckReport | None = None
     error: Exception | None = None

@@ -45,13 +45,15 @@ ERROR_KINDS = {
     EXIT_BUSY: "busy",
 }
 
-# AWS error codes that mean "the bucket or queue named on the command line is wrong".
+# AWS error codes that mean "the bucket, queue, secret or schedule group named on
+# the command line is wrong".
 _MISSING_RESOURCE_CODES = frozenset(
     {
         "NoSuchBucket",
         "AWS.SimpleQueueService.NonExistentQueue",
         "QueueDoesNotExist",
         "InvalidAddress",
+        "ResourceNotFoundException",
     }
 )
 MAX_ERROR_CHARS = 500

@@ -1,8 +1,8 @@
-"""The operator's command line: ``pop3-ingest check``, ``replay`` and ``quarantine``.
+"""The operator's command line: ``pop3-ingest check``, ``replay``, ``quarantine`` and ``mailbox``.
 
 This module wires argparse to the commands (:mod:`.check`, :mod:`.replay`,
-:mod:`.quarantine`) and turns what argparse and Ctrl-C do into exit codes;
-:mod:`.errors` documents every code and which error gets which.
+:mod:`.quarantine`, :mod:`.mailbox`) and turns what argparse and Ctrl-C do into
+exit codes; :mod:`.errors` documents every code and which error gets which.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pop3_ingest.config import DEFAULT_POP3_TIMEOUT_SECONDS
-from pop3_ingest_cli.check import cmd_check
+from pop3_ingest_cli.check import ALLOW_FLAG, cmd_check
 from pop3_ingest_cli.errors import EXIT_CONFIG, EXIT_INTERRUPTED
+from pop3_ingest_cli.mailbox import DEPLOYMENT_OPTIONS, cmd_mailbox
 from pop3_ingest_cli.quarantine import cmd_quarantine
 from pop3_ingest_cli.render import PROG
 from pop3_ingest_cli.replay import cmd_replay, parse_time
@@ -22,8 +23,8 @@ from pop3_ingest_cli.replay import cmd_replay, parse_time
 _MAIN_DESCRIPTION = """\
 Operator tools for pop3-ingest, the POP3 -> S3 -> SQS mail ingester.
 
-AWS access (Secrets Manager, S3, SQS) uses the SDK's standard configuration:
-AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL and friends.
+AWS access (Secrets Manager, S3, SQS, EventBridge Scheduler) uses the SDK's
+standard configuration: AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL and friends.
 """
 
 _EXIT_CODES = """\
@@ -65,6 +66,7 @@ examples:
   {PROG} check --secret-id arn:aws:secretsmanager:eu-west-1:123456789012:secret:mbx-AbCdEf
   {PROG} check --secret-file support.json       # before the secret exists
   {PROG} check --secret-file - --json < support.json
+  {PROG} check --secret-file local.json --allow-private-hosts   # a server on 10.x or localhost
 
 {_EXIT_CODES}"""
 
@@ -104,6 +106,29 @@ _QUARANTINE_EPILOG = f"""\
 examples:
   {PROG} quarantine list --bucket my-mail --mailbox support
   {PROG} quarantine release --bucket my-mail --mailbox support --digest 3f2a...
+
+{_EXIT_CODES}"""
+
+
+_MAILBOX_DESCRIPTION = """\
+Mode fleet: start or stop polling a mailbox at once. 'add' checks the secret
+as the function would, writes --interval into it (its interval_minutes) when
+given, tags it MAILBOX_TAG_KEY=MAILBOX_TAG_VALUE (default pop3-ingest=enabled)
+and creates its EventBridge Scheduler schedule; 'remove' untags it and deletes
+the schedule; 'list' shows every tagged secret and whether its schedule is in
+place. The reconciler function does the same on its own (on tag changes, daily
+and after each deploy); this is its code, run from here.
+
+The deployment is named by the stack's outputs ScheduleGroupName, JobsQueueArn
+and SchedulerRoleArn: the options below, or the variables SCHEDULE_GROUP,
+JOBS_QUEUE_ARN and SCHEDULER_ROLE_ARN.
+"""
+
+_MAILBOX_EPILOG = f"""\
+examples:
+  {PROG} mailbox add pop3/support --interval 10
+  {PROG} mailbox remove pop3/support
+  {PROG} mailbox list --json
 
 {_EXIT_CODES}"""
 
@@ -156,6 +181,12 @@ def _check_options(check: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="connect and read timeout of every POP3 operation (default: %(default)s)",
     )
+    check.add_argument(
+        ALLOW_FLAG,
+        action="store_true",
+        help="connect even if the host or token URL resolves to a loopback, private or other "
+        "non-public address (refused by default, as in the function: ALLOW_PRIVATE_HOSTS)",
+    )
 
 
 def _replay_options(replay: argparse.ArgumentParser) -> None:
@@ -185,6 +216,31 @@ def _quarantine_options(quarantine: argparse.ArgumentParser) -> None:
         metavar="HEX",
         help="release only this message (its digest, as shown by 'list'); default: all",
     )
+
+
+def _interval(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of minutes: {text!r}") from None
+
+
+def _mailbox_options(mailbox: argparse.ArgumentParser) -> None:
+    mailbox.add_argument("action", choices=("add", "remove", "list"), help="what to do")
+    mailbox.add_argument("secret", nargs="?", metavar="SECRET", help="name or ARN of the secret")
+    mailbox.add_argument(
+        "--interval",
+        type=_interval,
+        metavar="MINUTES",
+        help="add: minutes between runs, written to the secret's interval_minutes",
+    )
+    for option, variable in DEPLOYMENT_OPTIONS.items():
+        mailbox.add_argument(
+            f"--{option.replace('_', '-')}",
+            dest=option,
+            metavar=variable,
+            help=f"default: ${variable}",
+        )
 
 
 @dataclass(frozen=True)
@@ -221,6 +277,14 @@ _COMMANDS = (
         _QUARANTINE_EPILOG,
         cmd_quarantine,
         _quarantine_options,
+    ),
+    _Command(
+        "mailbox",
+        "Mode fleet: add, remove or list mailboxes (tag and schedule at once)",
+        _MAILBOX_DESCRIPTION,
+        _MAILBOX_EPILOG,
+        cmd_mailbox,
+        _mailbox_options,
     ),
 )
 

@@ -193,3 +193,33 @@ def print_released(mailbox: str, digests: list[str], *, as_json: bool) -> None:
         print_json({"mailbox": mailbox, "released": digests})
     else:
         print(f"released {len(digests)} message(s) of {mailbox}; the next run retries them")
+
+
+# -- mailbox -------------------------------------------------------------------------
+
+_CHANGE_TEXT = {
+    "created": "schedule {schedule} created",
+    "updated": "schedule {schedule} updated",
+    "unchanged": "schedule {schedule} already up to date",
+    "deleted": "schedule {schedule} deleted",
+    "absent": "no schedule left to delete",
+    "failed": "schedule {schedule} NOT written",
+}
+
+
+def print_mailbox_change(document: dict[str, Any]) -> None:
+    tagged = "tagged" if document["action"] == "add" else "untagged"
+    change = _CHANGE_TEXT[document["change"]].format(schedule=document["schedule"])
+    print(f"mailbox {document['secret']}: {tagged}, {change}")
+    for problem in document["problems"]:
+        print(f"  note: {problem}")
+
+
+def print_mailboxes(document: dict[str, Any]) -> None:
+    mailboxes = document["mailboxes"]
+    for mailbox in mailboxes:
+        print(f"{mailbox['status']:<10} {mailbox['secret']}  ({mailbox['schedule']})")
+    for name in document["orphaned_schedules"]:
+        print(f"{'orphaned':<10} schedule {name}: no tagged secret (the reconciler deletes it)")
+    waiting = sum(1 for m in mailboxes if m["status"] != "scheduled")
+    print(f"{len(mailboxes)} mailbox(es), {waiting} waiting for the reconciler or 'mailbox add'")

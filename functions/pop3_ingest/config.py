@@ -53,6 +53,12 @@ DEFAULT_MAX_MESSAGES_PER_RUN = 500
 DEFAULT_MAX_MESSAGE_SIZE = 150 * MIB  # above every big provider's own limit
 DEFAULT_DEADLINE_MARGIN_SECONDS = 20.0
 DEFAULT_POP3_TIMEOUT_SECONDS = 30.0
+# TCP connect and TLS handshake: short, so a dead host holds a run (and, in
+# Mode fleet, one of the batch's slots) for seconds, not for a read timeout.
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 10.0
+# Mode fleet: jobs of one SQS batch (each its own mailbox) run at the same
+# time, so their POP3 round trips overlap; a batch holds at most 10 jobs.
+DEFAULT_JOB_CONCURRENCY = 10
 # A message must arrive within max(POP3_TIMEOUT_SECONDS, size / this): slow
 # enough for any real server, fast enough that a server dripping a byte a
 # second cannot hold a run for hours.
@@ -80,12 +86,36 @@ DEFAULT_SPOOL_BUDGET = 384 * MIB
 # about 250 per session): it is not proof that a message is gone, and draining
 # it is followed by another session.
 DEFAULT_CAPPED_LISTING = 200
+# A secret's host or token URL may not resolve to a loopback, private or other
+# non-public address unless the deployment allows it (pop3_ingest.netguard).
+DEFAULT_ALLOW_PRIVATE_HOSTS = False
+# Mode fleet: each mailbox has its own schedule, at its secret's interval_minutes,
+# or this often when the secret sets none (0), and at least this often (a job
+# older than the longest interval has a newer one behind it).
+DEFAULT_INTERVAL_MINUTES = 5
+MAX_INTERVAL_MINUTES = 60
+# Mode fleet: a job scheduled longer ago than the longest interval a schedule
+# has has a newer tick behind it, or soon one: it is dropped unread.
+JOB_STALE_AFTER_SECONDS = MAX_INTERVAL_MINUTES * 60
+# Mode fleet: a secret carrying this tag (key and value) is a mailbox to poll.
+DEFAULT_MAILBOX_TAG_KEY = "pop3-ingest"
+DEFAULT_MAILBOX_TAG_VALUE = "enabled"
 
 
 class TlsMode(StrEnum):
     IMPLICIT = "implicit"
     STARTTLS = "starttls"
     NONE = "none"
+
+
+class Mode(StrEnum):
+    """The deployment's Mode (the template parameter, env MODE)."""
+
+    SINGLE = "single"  # scheduled runs of one mailbox secret: per-mailbox metrics, a lease
+    FLEET = "fleet"  # jobs from the FIFO queue: fleet-level metrics only
+
+
+DEFAULT_MODE = Mode.SINGLE
 
 
 DEFAULT_PORTS = {TlsMode.IMPLICIT: 995, TlsMode.STARTTLS: 110, TlsMode.NONE: 110}
@@ -442,16 +472,15 @@ def _fields(schema: type[Any]) -> dict[str, FieldInfo]:
 _Count = Annotated[int, Field(ge=1)]
 
 
-@dataclass(
-    frozen=True,
-    kw_only=True,
-    config=ConfigDict(
-        hide_input_in_errors=True,
-        validate_by_name=True,
-        # Each field is read from its name in capitals: pipeline_window <- PIPELINE_WINDOW.
-        alias_generator=AliasGenerator(validation_alias=str.upper),
-    ),
+_ENVIRONMENT = ConfigDict(
+    hide_input_in_errors=True,
+    validate_by_name=True,
+    # Each field is read from its name in capitals: pipeline_window <- PIPELINE_WINDOW.
+    alias_generator=AliasGenerator(validation_alias=str.upper),
 )
+
+
+@dataclass(frozen=True, kw_only=True, config=_ENVIRONMENT)
 class Settings:
     """What the function reads from its environment, validated once per invocation."""
 
@@ -472,6 +501,10 @@ class Settings:
     commit_every_seconds: Annotated[float, Field(ge=1.0)] = DEFAULT_COMMIT_EVERY_SECONDS
     poison_threshold: _Count = DEFAULT_POISON_THRESHOLD
     auth_failure_limit: _Count = DEFAULT_AUTH_FAILURE_LIMIT
+    allow_private_hosts: bool = DEFAULT_ALLOW_PRIVATE_HOSTS
+    connect_timeout_seconds: Annotated[float, Field(ge=0.1)] = DEFAULT_CONNECT_TIMEOUT_SECONDS
+    job_concurrency: _Count = DEFAULT_JOB_CONCURRENCY
+    mode: Mode = DEFAULT_MODE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -504,6 +537,35 @@ def _config_error(exc: ValidationError) -> ConfigError:
         must = "must be an integer"
     elif kind.startswith("float_"):
         must = "must be a number"
+    elif kind.startswith("bool_"):
+        must = "must be true or false"
     else:
         must = problem["msg"]
     return ConfigError(f"{problem['loc'][0]} {must}")
+
+
+@dataclass(frozen=True, kw_only=True, config=_ENVIRONMENT)
+class FleetSettings:
+    """Mode fleet: where the mailboxes' schedules live and where their ticks go.
+
+    The reconciler's environment; the CLI's ``mailbox`` commands read the same
+    variables (or take them as options).
+    """
+
+    schedule_group: str
+    jobs_queue_arn: str
+    scheduler_role_arn: str
+    mailbox_tag_key: str = DEFAULT_MAILBOX_TAG_KEY
+    mailbox_tag_value: str = DEFAULT_MAILBOX_TAG_VALUE
+    # The template's ScheduleEnabled: false keeps every schedule, disabled.
+    schedules_enabled: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> FleetSettings:
+        env = os.environ if env is None else env
+        names = (str(info.validation_alias) for info in _fields(cls).values())
+        given = {name: env[name].strip() for name in names if env.get(name, "").strip()}
+        try:
+            return TypeAdapter(cls).validate_python(given)
+        except ValidationError as exc:
+            raise _config_error(exc) from None

@@ -38,6 +38,18 @@ class ConnectError(Pop3Error):
     """The server could not be reached (DNS, refused, timeout)."""
 
 
+class AddressRefused(ConnectError):
+    """A secret's host or token URL resolves to an address this deployment does not
+    connect to (loopback, private, link-local...: pop3_ingest.netguard).
+
+    ``field`` names the secret's field to fix (``host``, ``auth.token_url``).
+    """
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class TlsError(Pop3Error):
     """TLS could not be established safely (bad certificate, no STLS)."""
 
@@ -95,6 +107,11 @@ class AnnounceError(Pop3IngestError):
 
 class JobError(Pop3IngestError):
     """A job from the dispatcher's queue is malformed."""
+
+
+class ScheduleError(Pop3IngestError):
+    """Mode fleet: a mailbox's schedule, or the secrets behind the schedules, could not be
+    read or written (after the SDK's retries)."""
 
 
 class StateDamaged(Pop3IngestError):

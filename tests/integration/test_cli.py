@@ -15,6 +15,7 @@ from tests.support import corpus
 from tests.support.dovecot import DEFAULT_PASSWORD, DEFAULT_USER, DovecotServer
 from tests.support.harness import Harness, sha256
 from tests.support.moto_server import AwsResources
+from tests.support.tcp_proxy import TcpProxy
 
 from pop3_ingest_cli.main import main
 
@@ -59,7 +60,7 @@ def test_check_implicit_tls_shows_count_and_changes_nothing(
     before = listing(dovecot)
     path = secret_file(tmp_path, dovecot.secret(DEFAULT_USER, mailbox="support"))
 
-    assert main(["check", "--secret-file", path]) == 0
+    assert main(["check", "--allow-private-hosts", "--secret-file", path]) == 0
     out = capsys.readouterr().out
     assert "mailbox support" in out
     assert "TLS implicit, certificate verified" in out
@@ -68,7 +69,7 @@ def test_check_implicit_tls_shows_count_and_changes_nothing(
     assert "messages    3, " in out
     assert "nothing: no RETR, no DELE; ended with QUIT" in out
 
-    code, doc = run_json(capsys, ["check", "--secret-file", path])
+    code, doc = run_json(capsys, ["check", "--allow-private-hosts", "--secret-file", path])
     assert code == 0
     assert doc["ok"] is True
     assert doc["messages"] == 3
@@ -91,7 +92,7 @@ def test_check_starttls_with_a_secret_from_secrets_manager(
     dovecot.deliver(DEFAULT_USER, corpus.simple(2).raw_for_maildir)
     name = aws.put_secret("mailbox-alice", dovecot.secret(DEFAULT_USER, tls="starttls"))
 
-    code, doc = run_json(capsys, ["check", "--secret-id", name])
+    code, doc = run_json(capsys, ["check", "--allow-private-hosts", "--secret-id", name])
 
     assert code == 0, doc
     assert doc["tls"] == "starttls"
@@ -108,13 +109,13 @@ def test_check_wrong_password_exits_4_without_any_password(
     wrong = "wrong horse battery staple"
     path = secret_file(tmp_path, dovecot.secret(DEFAULT_USER, password=wrong))
 
-    assert main(["check", "--secret-file", path]) == 4
+    assert main(["check", "--allow-private-hosts", "--secret-file", path]) == 4
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("pop3-ingest check: auth error: login as 'alice'")
     assert len(captured.err.splitlines()) == 1
 
-    code, doc = run_json(capsys, ["check", "--secret-file", path])
+    code, doc = run_json(capsys, ["check", "--allow-private-hosts", "--secret-file", path])
     assert code == 4
     assert doc["error_kind"] == "auth"
     assert doc["login"] is False
@@ -131,7 +132,10 @@ def test_check_untrusted_certificate_exits_3(
 ) -> None:
     secret = dovecot.secret(DEFAULT_USER, tls=tls, ca_cert=dovecot.other_ca_pem)
 
-    assert main(["check", "--secret-file", secret_file(tmp_path, secret)]) == 3
+    assert (
+        main(["check", "--allow-private-hosts", "--secret-file", secret_file(tmp_path, secret)])
+        == 3
+    )
     err = capsys.readouterr().err
     assert err.startswith("pop3-ingest check: connect error: TLS certificate")
     assert "not trusted" in err
@@ -144,8 +148,37 @@ def test_check_nothing_listening_exits_3(
     secret = dovecot.secret(DEFAULT_USER)
     dovecot.stop(graceful=False)
 
-    assert main(["check", "--secret-file", secret_file(tmp_path, secret), "--timeout", "5"]) == 3
+    assert (
+        main(
+            [
+                "check",
+                "--allow-private-hosts",
+                "--secret-file",
+                secret_file(tmp_path, secret),
+                "--timeout",
+                "5",
+            ]
+        )
+        == 3
+    )
     assert "pop3-ingest check: connect error: cannot connect" in capsys.readouterr().err
+
+
+def test_check_refuses_a_loopback_host_unless_allowed(
+    dovecot: DovecotServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The secret may be a tenant's: check holds it to the function's rule by default.
+    with TcpProxy(dovecot.pop3s_port) as proxy:
+        path = secret_file(tmp_path, dovecot.secret(DEFAULT_USER, port=proxy.port))
+        assert main(["check", "--secret-file", path]) == 3
+        refused = capsys.readouterr().err
+        assert proxy.connections == 0
+        assert main(["check", "--allow-private-hosts", "--secret-file", path]) == 0
+        assert proxy.connections == 1
+    assert refused.startswith("pop3-ingest check: connect error: mailbox secret field 'host'")
+    assert "loopback" in refused
+    assert "--allow-private-hosts" in refused  # the way to allow it, for this command
+    assert DEFAULT_PASSWORD not in refused
 
 
 def test_check_locked_mailbox_exits_5(
@@ -159,7 +192,14 @@ def test_check_locked_mailbox_exits_5(
     holder.user("alice")
     holder.pass_("pw-locked")
     try:
-        code = main(["check", "--secret-file", secret_file(tmp_path, server.secret("alice"))])
+        code = main(
+            [
+                "check",
+                "--allow-private-hosts",
+                "--secret-file",
+                secret_file(tmp_path, server.secret("alice")),
+            ]
+        )
     finally:
         holder.quit()
     assert code == 5

@@ -1,9 +1,14 @@
-"""Many mailboxes on one deployment: dispatcher → FIFO jobs → fetch function."""
+"""Many mailboxes on one deployment: reconciler → schedules → FIFO jobs → fetch function.
+
+moto keeps EventBridge Scheduler's schedules but never fires them, so the tests
+play each tick: they send the job the Scheduler would send, as the schedule says.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,6 +20,8 @@ from tests.support.moto_server import AwsResources
 pytestmark = pytest.mark.integration
 
 USERS = 50
+GROUP = "pop3-ingest-mailboxes"
+SCHEDULER_ROLE_ARN = "arn:aws:iam::123456789012:role/pop3-ingest-scheduler"
 
 
 def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
@@ -44,7 +51,9 @@ def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
 def fleet(
     dovecot: DovecotServer, aws: AwsResources, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, Any]:
-    jobs_url = aws.moto.create_queue("jobs.fifo", FifoQueue="true")
+    jobs_url = aws.moto.create_queue(
+        "jobs.fifo", FifoQueue="true", ContentBasedDeduplication="true"
+    )
     jobs_arn = aws.sqs.get_queue_attributes(QueueUrl=jobs_url, AttributeNames=["QueueArn"])[
         "Attributes"
     ]["QueueArn"]
@@ -69,22 +78,60 @@ def fleet(
         SecretString=json.dumps(dovecot.secret("paused", mailbox="paused")),
         Tags=[{"Key": "pop3-ingest", "Value": "disabled"}],
     )
-    monkeypatch.setenv("JOBS_QUEUE_URL", jobs_url)
+    aws.moto.client("scheduler").create_schedule_group(Name=GROUP)
+    monkeypatch.setenv("SCHEDULE_GROUP", GROUP)
+    monkeypatch.setenv("JOBS_QUEUE_ARN", jobs_arn)
+    monkeypatch.setenv("SCHEDULER_ROLE_ARN", SCHEDULER_ROLE_ARN)
     monkeypatch.setenv("BUCKET_NAME", aws.bucket)
     monkeypatch.setenv("QUEUE_URL", aws.queue_url)
+    monkeypatch.setenv("ALLOW_PRIVATE_HOSTS", "true")  # Dovecot listens on 127.0.0.1
     monkeypatch.delenv("SECRET_ID", raising=False)
     return {"jobs_url": jobs_url, "jobs_arn": jobs_arn, "expected": expected}
 
 
+def reconcile() -> dict[str, Any]:
+    """A deploy's full reconcile (events/stack-deployed.json)."""
+    from pop3_ingest.handlers.reconcile import lambda_handler
+
+    event = {"detail-type": "CloudFormation Stack Status Change", "source": "aws.cloudformation"}
+    result: dict[str, Any] = lambda_handler(event, FakeLambdaContext(remaining_ms=900_000))
+    return result
+
+
+def tick_time() -> str:
+    """A tick's time as the Scheduler writes it into the job."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def play_ticks(aws: AwsResources, fleet: dict[str, Any], at: str | None = None) -> int:
+    """Send what every schedule of the group sends at one tick (``at``, default now);
+    returns how many."""
+    scheduler = aws.moto.client("scheduler")
+    now = at or tick_time()
+    sent = 0
+    for page in scheduler.get_paginator("list_schedules").paginate(GroupName=GROUP):
+        for summary in page["Schedules"]:
+            target = scheduler.get_schedule(Name=summary["Name"], GroupName=GROUP)["Target"]
+            assert target["Arn"] == fleet["jobs_arn"]
+            queue_url = fleet["jobs_url"]
+            aws.sqs.send_message(
+                QueueUrl=queue_url,
+                MessageBody=target["Input"].replace("<aws.scheduler.scheduled-time>", now),
+                MessageGroupId=target["SqsParameters"]["MessageGroupId"],
+            )
+            sent += 1
+    return sent
+
+
 def drain_jobs(aws: AwsResources, fleet: dict[str, Any]) -> list[dict[str, Any]]:
-    """Play the SQS event source: one record per invocation, delete on success."""
+    """Play the SQS event source: up to ten records per invocation, delete on success."""
     from pop3_ingest.handlers.fetch import lambda_handler
 
     results = []
     for _ in range(USERS * 3):
         received = aws.sqs.receive_message(
             QueueUrl=fleet["jobs_url"],
-            MaxNumberOfMessages=1,
+            MaxNumberOfMessages=10,
             AttributeNames=["All"],
             VisibilityTimeout=60,
         ).get("Messages", [])
@@ -94,23 +141,23 @@ def drain_jobs(aws: AwsResources, fleet: dict[str, Any]) -> list[dict[str, Any]]
             sqs_event(received, fleet["jobs_arn"]), FakeLambdaContext(remaining_ms=120_000)
         )
         results.append(response)
-        if not response["batchItemFailures"]:
-            aws.sqs.delete_message(
-                QueueUrl=fleet["jobs_url"], ReceiptHandle=received[0]["ReceiptHandle"]
-            )
+        failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
+        for message in received:
+            if message["MessageId"] not in failed:
+                aws.sqs.delete_message(
+                    QueueUrl=fleet["jobs_url"], ReceiptHandle=message["ReceiptHandle"]
+                )
     return results
 
 
-def test_fifty_mailboxes_fetched_through_dispatcher_and_jobs(
+def test_fifty_mailboxes_fetched_through_their_schedules_and_jobs(
     dovecot: DovecotServer, aws: AwsResources, fleet: dict[str, Any]
 ) -> None:
-    from pop3_ingest.handlers.dispatch import lambda_handler as dispatch
-
-    result = dispatch({}, FakeLambdaContext())
-    assert result == {"mailboxes": USERS, "enqueued": USERS, "failed": []}
+    result = reconcile()
+    assert (result["mailboxes"], result["created"], result["failed"]) == (USERS, USERS, 0)
+    assert play_ticks(aws, fleet) == USERS
 
     results = drain_jobs(aws, fleet)
-    assert len(results) == USERS
     assert all(r == {"batchItemFailures": []} for r in results)
 
     for user, bodies in fleet["expected"].items():
@@ -124,13 +171,13 @@ def test_fifty_mailboxes_fetched_through_dispatcher_and_jobs(
     assert len({p["key"] for p in pointers}) == total  # nothing duplicated
 
 
-def test_a_second_dispatch_in_the_same_window_adds_no_jobs(
-    aws: AwsResources, fleet: dict[str, Any]
-) -> None:
-    from pop3_ingest.handlers.dispatch import lambda_handler as dispatch
-
-    dispatch({}, FakeLambdaContext())
-    dispatch({}, FakeLambdaContext())  # deduplicated by SQS FIFO
+def test_a_tick_sent_twice_is_one_job(aws: AwsResources, fleet: dict[str, Any]) -> None:
+    reconcile()
+    # The Scheduler retries a send it is unsure of: the body (with the tick's
+    # time) is the same, so content-based deduplication keeps one.
+    at = tick_time()
+    play_ticks(aws, fleet, at)
+    play_ticks(aws, fleet, at)
     attributes = aws.sqs.get_queue_attributes(
         QueueUrl=fleet["jobs_url"], AttributeNames=["ApproximateNumberOfMessages"]
     )["Attributes"]

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from tests.support.corpus import simple_message
 from tests.support.dovecot import DovecotServer
+from tests.support.local_hosts import LOCAL_SERVERS
 from tests.support.oauth_server import OAuthTestServer, oauth_dovecot
 
 from pop3_ingest.config import MICROSOFT_365_SCOPE, OAuthSettings
@@ -74,7 +75,7 @@ def app_only_provider(oauth: OAuthTestServer) -> TokenProvider:
             "scope": MICROSOFT_365_SCOPE,
         }
     )
-    return TokenProvider(settings, timeout=5)
+    return TokenProvider(settings, timeout=5, address_policy=LOCAL_SERVERS)
 
 
 def test_dovecot_offers_xoauth2(connect: Callable[[], poplib.POP3_SSL]) -> None:
@@ -118,7 +119,7 @@ def test_xoauth2_with_refresh_token_grant(
         }
     )
     client = connect()
-    sasl.auth_xoauth2(client, USER, TokenProvider(settings).token())
+    sasl.auth_xoauth2(client, USER, TokenProvider(settings, address_policy=LOCAL_SERVERS).token())
     assert client.stat()[0] == 3
     client.quit()
 

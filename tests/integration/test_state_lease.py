@@ -41,10 +41,9 @@ def put_state(harness: Harness, body: bytes | dict[str, Any]) -> None:
     harness.aws.s3.put_object(Bucket=harness.aws.bucket, Key=STATE_KEY, Body=data)
 
 
-def stored_state(harness: Harness) -> dict[str, Any]:
-    """The state as JSON: read the same way whichever version wrote it."""
-    document: dict[str, Any] = json.loads(harness.aws.get_object(STATE_KEY))
-    return document
+def stored_state(harness: Harness) -> MailboxState:
+    """The state as stored, read the way the function reads it."""
+    return MailboxState.from_bytes(harness.aws.get_object(STATE_KEY))
 
 
 def metric_total(output: CapturedOutput, name: str) -> float:
@@ -122,7 +121,7 @@ def test_a_damaged_state_is_set_aside_counted_and_the_run_starts_empty(
     assert metric_total(output, "StateDamaged") == 1
     assert any(r.get("message", "").startswith("run state damaged") for r in output.records())
     # What the run wrote instead is a valid state, with its lease given back.
-    state = MailboxState.from_json(stored_state(harness))
+    state = stored_state(harness)
     assert state.lease_owner is None
     assert set(state.deleted) == {uidl_digest(uidl) for uidl, _ in listing}
 
@@ -158,6 +157,29 @@ def test_an_empty_digest_never_proves_a_message_stored(
     assert harness.dovecot.message_count(harness.user) == 0
 
 
+def test_a_version_3_state_keeps_its_proofs_and_is_rewritten_as_version_4(
+    harness: Harness,
+) -> None:
+    bodies = [corpus.simple(i).expected for i in range(1, 4)]
+    listing = setup(harness, 3)
+    # A run of the previous version stored and announced them; the line broke before QUIT.
+    seen = {}
+    for (uidl, size), body in zip(listing, bodies, strict=True):
+        key = harness.key_for(uidl, MAILBOX)
+        harness.aws.s3.put_object(Bucket=harness.aws.bucket, Key=key, Body=body)
+        seen[uidl_digest(uidl)] = {"size": size, "sha256": sha256(body)}
+    put_state(harness, {"version": 3, "seen": seen})
+
+    summary = harness.run()
+
+    assert summary["redeleted"] == 3  # proven by the digests version 3 remembered
+    assert summary["stored"] == 0
+    assert harness.aws.receive_all() == []  # no pointer sent twice
+    assert harness.dovecot.message_count(harness.user) == 0
+    assert json.loads(harness.aws.get_object(STATE_KEY))["version"] == 4
+    assert set(stored_state(harness).deleted) == {uidl_digest(uidl) for uidl, _ in listing}
+
+
 # -- (b) one run per mailbox ---------------------------------------------------------
 
 
@@ -189,7 +211,7 @@ def test_an_expired_lease_is_taken_over_and_given_back(harness: Harness) -> None
 
     assert summary["stopped"] == "completed"
     assert summary["deleted"] == 2
-    state = MailboxState.from_json(stored_state(harness))
+    state = stored_state(harness)
     assert (state.lease_owner, state.lease_until) == (None, 0.0)
 
 
@@ -246,9 +268,9 @@ def test_a_release_made_during_a_run_is_not_undone_by_its_save(
     assert summary["in_quarantine"] == 1
     assert summary["deleted"] == 2
     state = stored_state(harness)
-    assert released not in state["quarantined"]  # the operator's release stands
-    assert set(state["deleted"]) == {uidl_digest(uidl) for uidl, _ in listing[1:]}  # and the run's
-    assert state.get("lease_owner") is None
+    assert released not in state.quarantined  # the operator's release stands
+    assert set(state.deleted) == {uidl_digest(uidl) for uidl, _ in listing[1:]}  # and the run's
+    assert state.lease_owner is None
     capsys.readouterr()
     # So the next run tries the released message again.
     assert harness.run()["deleted"] == 1
@@ -274,8 +296,8 @@ def test_two_writers_changes_both_survive(
 
     assert summary["deleted"] == 2
     state = stored_state(harness)
-    assert theirs in state["failures"]
-    assert set(state["deleted"]) == {uidl_digest(uidl) for uidl, _ in listing}
+    assert theirs in state.failures
+    assert set(state.deleted) == {uidl_digest(uidl) for uidl, _ in listing}
 
 
 # -- the deadline bounds state writes ------------------------------------------------

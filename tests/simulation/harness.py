@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from botocore.exceptions import ClientError
 from tests.simulation.models import ModelBucket, ModelFault, ModelQueue, World
+from tests.support.local_hosts import LOCAL_SERVERS
 
 from pop3_ingest.config import MailboxConfig, TlsMode
 from pop3_ingest.domain import ingest as core
@@ -209,6 +210,7 @@ class CoreHarness:
                 self._config,
                 timeout=clock.to_real(POP3_TIMEOUT),
                 time_left=time_left,
+                address_policy=LOCAL_SERVERS,
             ),
             store=self._store,
             announcer=self._announcer,

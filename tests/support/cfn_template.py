@@ -208,7 +208,10 @@ class Template:
     def grants(self, function: str) -> list[Grant]:
         """Every statement the function's role may hold: the role's own policies and
         each AWS::IAM::Policy attached to it (with that policy's condition)."""
-        role = self.role_of(function)
+        return self.role_grants(self.role_of(function))
+
+    def role_grants(self, role: str) -> list[Grant]:
+        """Every statement a role of the stack may hold (see :meth:`grants`)."""
         documents = [
             (None, policy["PolicyDocument"]) for policy in self.props(role).get("Policies", [])
         ]

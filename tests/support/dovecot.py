@@ -537,7 +537,12 @@ class DovecotServer(BackgroundService):
     # -- users and mail ------------------------------------------------------
 
     def add_user(self, name: str, password: str) -> Path:
-        """Create a passwd-file user with an empty Maildir; returns the Maildir path."""
+        """Create a passwd-file user with an empty Maildir; returns the Maildir path.
+
+        Dovecot looks at the passwd-file at most once a second: a user added in
+        the same second as an earlier login may stay unknown until the next
+        second. Add every user a test needs before its first run.
+        """
         if not name or any(c in name for c in ":\n/") or any(c in password for c in ":\n"):
             raise ValueError("passwd-file cannot hold ':', newline (or '/' in names)")
         home = self.home_root / name

@@ -238,8 +238,16 @@ class AwsResources:
         return name
 
     def function_env(self, secret_id: str) -> dict[str, str]:
-        """The function's own environment (docs/configuration.md) for this test."""
-        return {"SECRET_ID": secret_id, "BUCKET_NAME": self.bucket, "QUEUE_URL": self.queue_url}
+        """The function's own environment (docs/configuration.md) for this test.
+
+        The test servers listen on 127.0.0.1: private hosts are allowed explicitly.
+        """
+        return {
+            "SECRET_ID": secret_id,
+            "BUCKET_NAME": self.bucket,
+            "QUEUE_URL": self.queue_url,
+            "ALLOW_PRIVATE_HOSTS": "true",
+        }
 
     def keys(self, prefix: str = "") -> list[str]:
         paginator = self.s3.get_paginator("list_objects_v2")

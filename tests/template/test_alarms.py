@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
 import pytest
-from tests.support.cfn_template import Template
+from tests.support.cfn_template import MODES, Template
 
 # Metrics Insights alarms evaluate at most the latest 3 hours; plain metric alarms 7 days.
 INSIGHTS_WINDOW_S = 3 * 3600
@@ -35,7 +36,7 @@ def _insights_query(props: dict[str, Any]) -> str:
 
 
 def _schema(template: Template) -> str:
-    """What the function's EMF metrics carry: its namespace, {mailbox, service}."""
+    """What the function's EMF metrics carry in Mode single: its namespace, {mailbox, service}."""
     env = template.props("FetchFunction")["Environment"]["Variables"]
     return f'FROM SCHEMA("{env["POWERTOOLS_METRICS_NAMESPACE"]}", mailbox, service)'
 
@@ -86,10 +87,10 @@ def test_no_alarm_uses_search(template: Template) -> None:
     # SEARCH expressions cannot back an alarm; Metrics Insights queries can.
     for name, alarm in _alarms(template).items():
         for metric in alarm["Properties"].get("Metrics", []):
-            assert "SEARCH(" not in metric.get("Expression", "").upper(), name
+            assert "SEARCH(" not in str(metric.get("Expression", "")).upper(), name
 
 
-@pytest.mark.parametrize("function", ["FetchFunction", "DispatchFunction"])
+@pytest.mark.parametrize("function", ["FetchFunction", "ReconcileFunction"])
 def test_every_function_has_an_errors_alarm_that_fires_on_one_error(
     template: Template, function: str
 ) -> None:
@@ -123,18 +124,23 @@ def test_a_fleet_wide_alarm_sees_mail_stop_flowing(template: Template) -> None:
     period = props["Metrics"][0]["Period"]
     hours = template.parameters["StaleAfterHours"]
     for stale_after in range(hours["MinValue"], hours["MaxValue"] + 1):
-        for schedule in ("true", "false"):
-            params = template.params(StaleAfterHours=stale_after, ScheduleEnabled=schedule)
+        for schedule, mode in itertools.product(("true", "false"), MODES):
+            params = template.params(
+                StaleAfterHours=stale_after, ScheduleEnabled=schedule, Mode=mode
+            )
             fits = stale_after * period <= INSIGHTS_WINDOW_S
-            # Only while the schedule runs, and only where Metrics Insights can look back.
-            expected = fits and schedule == "true"
+            # Only while the schedule runs, only where Metrics Insights can look
+            # back, and only where metrics carry the mailbox (Mode fleet has its own).
+            expected = fits and schedule == "true" and mode == "single"
             assert template.exists("NoCompletedRunsAlarm", params) == expected, params
 
 
 def test_a_named_mailbox_gets_its_own_staleness_alarm(template: Template) -> None:
     alarm = template.resources["MailboxStaleAlarm"]
     for params in template.cases():
-        assert template.exists("MailboxStaleAlarm", params) == bool(params["MonitoredMailbox"])
+        # Mode fleet has no per-mailbox metric to watch.
+        expected = bool(params["MonitoredMailbox"]) and params["Mode"] == "single"
+        assert template.exists("MailboxStaleAlarm", params) == expected
     props = alarm["Properties"]
     env = template.props("FetchFunction")["Environment"]["Variables"]
     assert props["Namespace"] == env["POWERTOOLS_METRICS_NAMESPACE"]
@@ -168,7 +174,8 @@ def test_a_named_mailbox_gets_its_own_staleness_alarm(template: Template) -> Non
 def test_mailbox_events_alarm_per_mailbox(
     template: Template, alarm: str, metric: str, tolerated: int
 ) -> None:
-    assert "Condition" not in template.resources[alarm]
+    # Mode fleet has no mailbox dimension: the unhealthy mailboxes alarm counts these.
+    assert template.resources[alarm]["Condition"] == "SingleMode"
     props = template.props(alarm)
     # One contributor per mailbox: the alarm says which mailbox.
     query = _insights_query(props)

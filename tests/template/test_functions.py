@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from tests.support.cfn_template import REPO_ROOT, Template
 
-FUNCTIONS = ["FetchFunction", "DispatchFunction"]
+FUNCTIONS = ["FetchFunction", "ReconcileFunction"]
 # AWS publishes the Powertools layer from this account (no third-party layer).
 POWERTOOLS_ACCOUNT = "017000801446"
 LAMBDA_MAX_TIMEOUT_S = 900
@@ -78,11 +78,16 @@ def test_every_function_runs_like_the_fetch_function_with_the_layer_for_its_plat
     assert [text for text in layers if layer.match(text)], layers
 
 
-@pytest.mark.parametrize("function", FUNCTIONS)
-def test_a_failed_run_is_not_retried_at_once(template: Template, function: str) -> None:
+def test_a_failed_run_is_not_retried_at_once(template: Template) -> None:
     # A quickly repeated failed login risks locking the POP3 account; the next
     # scheduled run (or the jobs queue) is the retry.
-    assert template.props(function)["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
+    assert template.props("FetchFunction")["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
+
+
+def test_a_failed_reconcile_is_retried(template: Template) -> None:
+    # It logs in nowhere, every write is idempotent, and an event it failed on
+    # would otherwise wait for the daily run.
+    assert template.props("ReconcileFunction")["EventInvokeConfig"]["MaximumRetryAttempts"] > 0
 
 
 def test_the_fetch_function_is_told_the_stacks_own_bucket_queue_and_secret(
@@ -100,17 +105,30 @@ def test_the_fetch_function_is_told_the_stacks_own_bucket_queue_and_secret(
         assert env[name]["Ref"] in template.parameters, name
 
 
-def test_the_dispatcher_knows_the_jobs_queue_and_nothing_of_mail(template: Template) -> None:
-    env = _env(template, "DispatchFunction")
-    assert env["JOBS_QUEUE_URL"] == {"Ref": "JobsQueue"}
+def test_the_reconciler_knows_the_schedules_and_their_target_and_nothing_of_mail(
+    template: Template,
+) -> None:
+    from pop3_ingest.config import FleetSettings
+
+    env = _env(template, "ReconcileFunction")
+    assert env["SCHEDULE_GROUP"] == {"Ref": "MailboxSchedules"}
+    assert env["JOBS_QUEUE_ARN"] == {"Fn::GetAtt": ["JobsQueue", "Arn"]}
+    assert env["SCHEDULER_ROLE_ARN"] == {"Fn::GetAtt": ["SchedulerRole", "Arn"]}
     for name in ("SECRET_ID", "BUCKET_NAME", "QUEUE_URL"):
         assert name not in env, name
+    # What the template sets is what the reconciler reads.
+    plain = {name: "x" if isinstance(value, dict) else value for name, value in env.items()}
+    settings = FleetSettings.from_env({**plain, "SCHEDULES_ENABLED": "true"})
+    assert (settings.mailbox_tag_key, settings.mailbox_tag_value) == (
+        env["MAILBOX_TAG_KEY"],
+        env["MAILBOX_TAG_VALUE"],
+    )
 
 
 def test_both_functions_report_under_one_service_and_namespace(template: Template) -> None:
-    fetch, dispatch = _env(template, "FetchFunction"), _env(template, "DispatchFunction")
+    fetch, reconcile = _env(template, "FetchFunction"), _env(template, "ReconcileFunction")
     for name in ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"):
-        assert fetch[name] == dispatch[name], name
+        assert fetch[name] == reconcile[name], name
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
@@ -132,7 +150,7 @@ def test_a_job_stays_hidden_while_any_run_of_it_may_last(template: Template) -> 
     visibility = int(template.props("JobsQueue")["VisibilityTimeout"])
     assert visibility >= EVENT_SOURCE_VISIBILITY_FACTOR * int(timeout["MaxValue"])
     assert visibility <= SQS_MAX_VISIBILITY_S
-    assert int(template.props("DispatchFunction")["Timeout"]) <= LAMBDA_MAX_TIMEOUT_S
+    assert int(template.props("ReconcileFunction")["Timeout"]) <= LAMBDA_MAX_TIMEOUT_S
 
 
 def test_runs_that_overlap_are_kept_apart_by_a_lease_that_outlasts_any_run(
@@ -169,7 +187,7 @@ def test_no_concurrency_is_reserved_unless_the_operator_asks(template: Template,
     asked = _reservations(template, Mode=mode, ReservedConcurrency=5)
     assert asked["FetchFunction"] == 5
     assert 0 not in asked.values()
-    assert sum(asked.values()) <= 5 + 1  # the dispatcher takes at most one more
+    assert sum(asked.values()) <= 5 + 1  # the reconciler takes at most one more
 
 
 def test_the_function_cannot_be_reserved_above_what_an_account_allows(
@@ -180,7 +198,7 @@ def test_the_function_cannot_be_reserved_above_what_an_account_allows(
     reservable = LAMBDA_DEFAULT_QUOTA - LAMBDA_UNRESERVED_MINIMUM
     highest = int(param["MaxValue"])
     assert highest <= reservable
-    # Even at its highest, fetch function and dispatcher together stay within it.
+    # Even at its highest, fetch function and reconciler together stay within it.
     at_most = _reservations(template, Mode="fleet", ReservedConcurrency=highest)
     assert sum(at_most.values()) <= reservable + 1
     # Mode fleet caps the job pollers at the reservation, never above it (and SQS

@@ -29,6 +29,15 @@ JOB_CONSUMER_ACTIONS = {
     "sqs:GetQueueAttributes",
     "sqs:ChangeMessageVisibility",
 }
+# Mode fleet: what the reconciler does to the mailboxes' schedules.
+SCHEDULE_KEEPER_ACTIONS = {
+    "scheduler:CreateSchedule",
+    "scheduler:UpdateSchedule",
+    "scheduler:DeleteSchedule",
+    "scheduler:GetSchedule",
+    "scheduler:ListSchedules",
+    "iam:PassRole",
+}
 REVIEWED_ACTIONS = {
     "FetchFunction": EVERY_FUNCTION
     | {
@@ -38,15 +47,26 @@ REVIEWED_ACTIONS = {
         "s3:ListBucket",
         "sqs:SendMessage",
         "secretsmanager:GetSecretValue",
+        "secretsmanager:BatchGetSecretValue",
     }
     | JOB_CONSUMER_ACTIONS,
-    "DispatchFunction": EVERY_FUNCTION | {"secretsmanager:ListSecrets", "sqs:SendMessage"},
+    # Reads the key only (secrets encrypted with it), writes no data with it.
+    "ReconcileFunction": (EVERY_FUNCTION - {"kms:GenerateDataKey"})
+    | {
+        "secretsmanager:ListSecrets",
+        "secretsmanager:BatchGetSecretValue",
+        "secretsmanager:GetSecretValue",
+        "secretsmanager:DescribeSecret",
+    }
+    | SCHEDULE_KEEPER_ACTIONS,
 }
 # Actions without resource-level permissions: the only ones allowed on "*".
 NO_RESOURCE_LEVEL = {
     "xray:PutTraceSegments",
     "xray:PutTelemetryRecords",
     "secretsmanager:ListSecrets",
+    "secretsmanager:BatchGetSecretValue",
+    "scheduler:ListSchedules",
 }
 # The tag that enables a mailbox secret in Mode fleet (docs/configuration.md).
 MAILBOX_TAG = ("pop3-ingest", "enabled")
@@ -125,6 +145,8 @@ def _scoped(template: Template, grant: Grant, resource: object) -> str | None:
         return f"an ARN the operator gives ({sorted(arn_parameters)})"
     if text == ACCOUNT_SECRETS and "secretsmanager:ResourceTag" in str(grant.statement):
         return "the account's secrets that carry the mailbox tag"
+    if text == ACCOUNT_SECRETS and grant.actions == ["secretsmanager:DescribeSecret"]:
+        return "the account's secrets' tags and dates, which ListSecrets shows anyway"
     return None
 
 
@@ -153,16 +175,13 @@ def test_key_prefix_cannot_widen_the_object_grant(template: Template) -> None:
         assert not pattern.fullmatch(bad), bad
 
 
-@pytest.mark.parametrize(
-    ("function", "queue"), [("FetchFunction", "PointerQueue"), ("DispatchFunction", "JobsQueue")]
-)
-def test_each_function_sends_only_to_its_own_queue(
-    template: Template, function: str, queue: str
-) -> None:
+def test_the_fetch_function_sends_only_to_its_own_queue(template: Template) -> None:
     # SendMessageBatch is authorised by sqs:SendMessage.
-    assert template.allowed(function)["sqs:SendMessage"] == [(None, {"Fn::GetAtt": [queue, "Arn"]})]
-    env = template.props(function)["Environment"]["Variables"]
-    assert {"Ref": queue} in env.values(), "it is told the queue it may send to"
+    pointers = {"Fn::GetAtt": ["PointerQueue", "Arn"]}
+    assert template.allowed("FetchFunction")["sqs:SendMessage"] == [(None, pointers)]
+    env = template.props("FetchFunction")["Environment"]["Variables"]
+    assert {"Ref": "PointerQueue"} in env.values(), "it is told the queue it may send to"
+    assert "sqs:SendMessage" not in template.allowed("ReconcileFunction"), "it sends no job"
 
 
 def test_jobs_are_consumed_only_from_the_jobs_queue_and_only_in_fleet_mode(
@@ -207,7 +226,7 @@ def test_extra_secrets_are_secrets_manager_arns(template: Template) -> None:
         assert not pattern.fullmatch(bad), bad
 
 
-def test_fleet_reads_only_secrets_carrying_the_tag_the_dispatcher_looks_for(
+def test_fleet_reads_only_secrets_carrying_the_tag_the_reconciler_looks_for(
     template: Template,
 ) -> None:
     (tagged,) = [
@@ -220,8 +239,15 @@ def test_fleet_reads_only_secrets_carrying_the_tag_the_dispatcher_looks_for(
     assert tagged.statement["Condition"] == {
         "StringEquals": {f"secretsmanager:ResourceTag/{key}": value}
     }
-    env = template.props("DispatchFunction")["Environment"]["Variables"]
+    env = template.props("ReconcileFunction")["Environment"]["Variables"]
     assert (env["MAILBOX_TAG_KEY"], env["MAILBOX_TAG_VALUE"]) == MAILBOX_TAG
+    # The reconciler reads values (the interval) under the same condition.
+    (reading,) = [
+        grant
+        for grant in template.grants("ReconcileFunction")
+        if "secretsmanager:GetSecretValue" in grant.actions
+    ]
+    assert reading.statement["Condition"] == tagged.statement["Condition"]
     # Every other wildcard on secrets is the operator's own ExtraSecretArnPattern.
     for grant in template.grants("FetchFunction"):
         if grant == tagged or "secretsmanager:GetSecretValue" not in grant.actions:
@@ -230,17 +256,22 @@ def test_fleet_reads_only_secrets_carrying_the_tag_the_dispatcher_looks_for(
 
 
 @pytest.mark.parametrize(
-    ("function", "condition", "services"),
+    ("function", "condition", "services", "actions"),
     [
-        ("FetchFunction", "HasKmsKey", ["s3", "sqs", "secretsmanager"]),
-        ("DispatchFunction", "FleetWithKmsKey", ["sqs"]),
+        (
+            "FetchFunction",
+            "HasKmsKey",
+            ["s3", "sqs", "secretsmanager"],
+            ["kms:GenerateDataKey", "kms:Decrypt"],
+        ),
+        ("ReconcileFunction", "FleetWithKmsKey", ["secretsmanager"], ["kms:Decrypt"]),
     ],
 )
 def test_the_kms_key_only_when_given_and_only_through_the_services_used(
-    template: Template, function: str, condition: str, services: list[str]
+    template: Template, function: str, condition: str, services: list[str], actions: list[str]
 ) -> None:
     by_action = template.allowed(function)
-    for action in ("kms:GenerateDataKey", "kms:Decrypt"):
+    for action in actions:
         assert by_action[action] == [(condition, {"Ref": "KmsKeyArn"})], action
     (grant,) = [g for g in template.grants(function) if g.condition == condition]
     via = as_list(grant.statement["Condition"]["StringEquals"]["kms:ViaService"])
@@ -261,14 +292,62 @@ def test_the_kms_key_is_a_key_arn(template: Template) -> None:
         assert not pattern.fullmatch(bad), bad
 
 
-def test_the_dispatcher_sees_secret_names_never_values(template: Template) -> None:
-    by_action = template.allowed("DispatchFunction")
-    (listing,) = [
-        g for g in template.grants("DispatchFunction") if "secretsmanager:ListSecrets" in g.actions
+def test_the_reconciler_reads_tagged_secrets_and_changes_none(template: Template) -> None:
+    by_action = template.allowed("ReconcileFunction")
+    # Names, tags and dates of any secret; values only of tagged ones (above).
+    assert {a for a in by_action if a.startswith("secretsmanager:")} == {
+        "secretsmanager:ListSecrets",
+        "secretsmanager:BatchGetSecretValue",
+        "secretsmanager:GetSecretValue",
+        "secretsmanager:DescribeSecret",
+    }
+    assert not [a for a in by_action if a.startswith(("s3:", "sqs:"))], "it never touches mail"
+
+
+SCHEDULES_OF_THE_GROUP = (
+    "arn:${AWS::Partition}:scheduler:${AWS::Region}:${AWS::AccountId}"
+    ":schedule/${MailboxSchedules}/*"
+)
+
+
+def test_the_reconciler_keeps_only_its_groups_schedules_and_hands_them_only_their_role(
+    template: Template,
+) -> None:
+    by_action = template.allowed("ReconcileFunction")
+    for action in SCHEDULE_KEEPER_ACTIONS - {"scheduler:ListSchedules", "iam:PassRole"}:
+        assert by_action[action] == [(None, {"Fn::Sub": SCHEDULES_OF_THE_GROUP})], action
+    (passing,) = [g for g in template.grants("ReconcileFunction") if "iam:PassRole" in g.actions]
+    assert passing.resources == [{"Fn::GetAtt": ["SchedulerRole", "Arn"]}]
+    assert passing.statement["Condition"] == {
+        "StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}
+    }
+    # Never a role of its own choosing, never a schedule group.
+    assert not [a for a in by_action if "ScheduleGroup" in a]
+
+
+def test_the_schedules_may_only_send_jobs_and_only_the_stacks_group_may_ask(
+    template: Template,
+) -> None:
+    role = template.props("SchedulerRole")
+    assert template.resources["SchedulerRole"]["Condition"] == "FleetMode"
+    assert "ManagedPolicyArns" not in role
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    # The confused-deputy guard: this account's schedule group only.
+    assert trust["Condition"] == {
+        "StringEquals": {
+            "aws:SourceAccount": {"Ref": "AWS::AccountId"},
+            "aws:SourceArn": {"Fn::GetAtt": ["MailboxSchedules", "Arn"]},
+        }
+    }
+    grants = template.role_grants("SchedulerRole")
+    sends = [g for g in grants if g.condition is None]
+    assert [(g.actions, g.resources) for g in sends] == [
+        (["sqs:SendMessage"], [{"Fn::GetAtt": ["JobsQueue", "Arn"]}])
     ]
-    assert listing.resources == ["*"]
-    assert listing.actions == ["secretsmanager:ListSecrets"], "alone on '*'"
-    assert [a for a in by_action if a.startswith("secretsmanager:")] == [
-        "secretsmanager:ListSecrets"
-    ]
-    assert not [a for a in by_action if a.startswith("s3:")], "it never touches mail"
+    (kms,) = [g for g in grants if g.condition is not None]
+    assert kms.condition == "FleetWithKmsKey"
+    assert kms.statement["Condition"]["StringEquals"]["kms:ViaService"] == {
+        "Fn::Sub": "sqs.${AWS::Region}.amazonaws.com"
+    }
+    assert not [g for g in grants if g.statement["Effect"] != "Allow" or "*" in str(g.actions)]

@@ -128,6 +128,16 @@ class FakeMailbox:
         self.marked.add(uidl)
 
 
+class SharedUidlListing(FakeMailbox):
+    """A server whose UIDLs do not tell its messages apart (popa3d without X-Delivery-ID)."""
+
+    def list_messages(self) -> list[ServerMessage]:
+        return [
+            ServerMessage(number=m.number, uidl="same", size=m.size, unique=False)
+            for m in super().list_messages()
+        ]
+
+
 @dataclass
 class FakeStore:
     bucket: str = "bucket"

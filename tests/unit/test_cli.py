@@ -15,8 +15,10 @@ import pytest
 from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError
 from tests.support.harness import require
 
-from pop3_ingest.config import MailboxConfig
+from pop3_ingest.config import FleetSettings, MailboxConfig
 from pop3_ingest.domain.message import ServerMessage
+from pop3_ingest.domain.reconcile import Reconciler, Survey
+from pop3_ingest.domain.schedules import MailboxSecret, SchedulePlan, schedule_name
 from pop3_ingest.errors import (
     AnnounceError,
     AuthError,
@@ -25,10 +27,12 @@ from pop3_ingest.errors import (
     ConnectionLost,
     MailboxBusy,
     ProtocolError,
+    ScheduleError,
     SecretError,
     StoreError,
     TlsError,
 )
+from pop3_ingest.integrations.scheduler import TaggedSecrets
 from pop3_ingest.redaction import secret_values
 from pop3_ingest_cli.aws import AwsClients, normalize_prefix
 from pop3_ingest_cli.check import cmd_check
@@ -38,6 +42,7 @@ from pop3_ingest_cli.errors import (
     error_line,
     exit_code_for,
 )
+from pop3_ingest_cli.mailbox import cmd_mailbox, fleet_settings, survey_document, with_interval
 from pop3_ingest_cli.main import build_parser, main
 from pop3_ingest_cli.quarantine import cmd_quarantine
 from pop3_ingest_cli.replay import (
@@ -70,7 +75,7 @@ def write_secret(tmp_path: Path, data: Any) -> str:
 def test_help_for_tool_and_each_command_exits_0_with_examples(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for argv in (["--help"], ["check", "--help"], ["replay", "--help"]):
+    for argv in (["--help"], ["check", "--help"], ["replay", "--help"], ["mailbox", "--help"]):
         assert main(argv) == 0
         out = capsys.readouterr().out
         assert "examples:" in out
@@ -220,6 +225,8 @@ def _announce_error(code: str) -> AnnounceError:
         (_announce_error("AWS.SimpleQueueService.NonExistentQueue"), 2),
         (_announce_error("ThrottlingException"), 1),
         (_client_error("AccessDenied"), 1),
+        (_client_error("ResourceNotFoundException"), 2),  # no such secret or schedule group
+        (ScheduleError("x"), 1),
         (RuntimeError("x"), 1),
     ],
 )
@@ -499,6 +506,97 @@ def test_send_pointers_retries_refused_entries_once() -> None:
     assert send_pointers(announcer, pointers) == {3}
     assert announcer.batches[1] == [{"key": "k1"}, {"key": "k3"}]
     assert send_pointers(FakeAnnouncer([]), pointers) == set()
+
+
+# -- mailbox (Mode fleet) ------------------------------------------------------------------
+
+FLEET_ENV = {
+    "SCHEDULE_GROUP": "pop3-ingest-mailboxes",
+    "JOBS_QUEUE_ARN": "arn:aws:sqs:us-east-1:123456789012:jobs.fifo",
+    "SCHEDULER_ROLE_ARN": "arn:aws:iam::123456789012:role/scheduler",
+}
+
+
+def no_fleet_clients(settings: FleetSettings) -> tuple[Reconciler, TaggedSecrets]:
+    raise AssertionError("no AWS client may be built")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["mailbox", "add"],  # no SECRET
+        ["mailbox", "remove"],
+        ["mailbox", "list", "pop3/alice"],
+        ["mailbox", "remove", "pop3/alice", "--interval", "5"],
+    ],
+)
+def test_mailbox_argument_errors_exit_2_before_any_aws_call(
+    argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in FLEET_ENV.items():
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(argv)
+    assert cmd_mailbox(args, build=no_fleet_clients) == EXIT_CONFIG
+    assert "config error" in capsys.readouterr().err
+
+
+def test_mailbox_bad_interval_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["mailbox", "add", "pop3/alice", "--interval", "soon"]) == EXIT_CONFIG
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_mailbox_without_the_deployment_names_what_is_missing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in FLEET_ENV:
+        monkeypatch.delenv(name, raising=False)
+    args = build_parser().parse_args(["mailbox", "list", "--schedule-group", "g", "--json"])
+    assert cmd_mailbox(args, build=no_fleet_clients) == EXIT_CONFIG
+    document = json.loads(capsys.readouterr().out)
+    assert "JOBS_QUEUE_ARN" in document["error"]
+    assert "SCHEDULE_GROUP" not in document["error"], "given as an option"
+
+
+def test_mailbox_options_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in FLEET_ENV.items():
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(["mailbox", "list", "--schedule-group", "other"])
+    settings = fleet_settings(args)
+    assert settings.schedule_group == "other"
+    assert settings.jobs_queue_arn == FLEET_ENV["JOBS_QUEUE_ARN"]
+
+
+def test_an_interval_is_written_into_the_secret_only_if_the_function_accepts_it() -> None:
+    text = json.dumps(SECRET)
+    assert json.loads(with_interval(text, 15)) == {**SECRET, "interval_minutes": 15}
+    assert with_interval(text, None) == text, "left exactly as it was"
+    set_already = json.dumps({**SECRET, "interval_minutes": 15})
+    assert with_interval(set_already, 15) == set_already, "no new version for nothing"
+    with pytest.raises(SecretError, match="interval_minutes") as refused:
+        with_interval(text, -3)
+    assert PASSWORD not in str(refused.value)
+    with pytest.raises(SecretError, match="password"):
+        with_interval(json.dumps({**SECRET, "password": ""}), 5)
+    with pytest.raises(SecretError, match="not JSON"):
+        with_interval("{", 5)
+
+
+def test_mailbox_list_shows_each_secrets_schedule_and_the_orphans() -> None:
+    secrets = (MailboxSecret("pop3/new"), MailboxSecret("pop3/old"), MailboxSecret("pop3/ok"))
+    plan = SchedulePlan(
+        to_write=(MailboxSecret("pop3/new"), MailboxSecret("pop3/old")),
+        to_check=(),
+        to_delete=("gone-0123",),
+        unchanged=("pop3/ok",),
+        existing=frozenset({schedule_name("pop3/old"), schedule_name("pop3/ok"), "gone-0123"}),
+    )
+    document = survey_document(Survey(secrets, plan))
+    assert [(m["secret"], m["status"]) for m in document["mailboxes"]] == [
+        ("pop3/new", "missing"),
+        ("pop3/ok", "scheduled"),
+        ("pop3/old", "outdated"),
+    ]
+    assert document["orphaned_schedules"] == ["gone-0123"]
 
 
 # -- the installed entry points ---------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.support.fake_pop3 import FakeMessage, FakePop3Server, FakeSession, dot_stuff
+from tests.support.local_hosts import LOCAL_SERVERS
 
 from pop3_ingest.config import MailboxConfig
 from pop3_ingest.domain.message import ServerMessage
@@ -223,7 +224,9 @@ def session_config(port: int) -> MailboxConfig:
 def exercise(server: FakePop3Server) -> list[bytes]:
     """A whole session; returns the messages read. Only package errors may escape."""
     bodies: list[bytes] = []
-    with Pop3Mailbox(session_config(server.port), timeout=0.25) as mailbox:
+    with Pop3Mailbox(
+        session_config(server.port), timeout=0.25, address_policy=LOCAL_SERVERS
+    ) as mailbox:
         listed = mailbox.list_messages()
         mailbox.send_commands([f"RETR {m.number}" for m in listed])
         for message in listed:
@@ -291,7 +294,9 @@ def test_valid_messages_over_a_socket_are_exact(
     fuzz_server.greeting = b"+OK ready\r\n"
     fuzz_server.password = "pw"
     fuzz_server.replies = {}
-    with Pop3Mailbox(session_config(fuzz_server.port), timeout=2) as mailbox:
+    with Pop3Mailbox(
+        session_config(fuzz_server.port), timeout=2, address_policy=LOCAL_SERVERS
+    ) as mailbox:
         (listed,) = mailbox.list_messages()
         assert listed == ServerMessage(1, "only", len(message))
         mailbox.send_commands(["RETR 1"])

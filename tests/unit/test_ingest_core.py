@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -14,7 +16,7 @@ from pop3_ingest.domain.options import IngestOptions
 from pop3_ingest.domain.state import MailboxState
 from pop3_ingest.domain.summary import RunSummary, StopReason
 
-from .fakes import FakeMailbox, FakeQueue, FakeStore
+from .fakes import FakeMailbox, FakeQueue, FakeStore, SharedUidlListing
 
 
 def msg(i: int, extra: bytes = b"") -> bytes:
@@ -227,16 +229,6 @@ def test_deadline_estimate_accounts_for_size_and_queued_uploads() -> None:
     assert deadline.bytes_per_second > 1_000_000
 
 
-class SharedUidlListing(FakeMailbox):
-    """A server whose UIDLs do not tell its messages apart (popa3d without X-Delivery-ID)."""
-
-    def list_messages(self) -> list[ServerMessage]:
-        return [
-            ServerMessage(number=m.number, uidl="same", size=m.size, unique=False)
-            for m in super().list_messages()
-        ]
-
-
 def test_messages_sharing_a_uidl_are_drained_by_content_in_one_session() -> None:
     mailbox = SharedUidlListing({"a": msg(1), "b": msg(2), "c": msg(3)})
     contents = set(mailbox.messages.values())
@@ -262,6 +254,48 @@ def test_messages_sharing_a_uidl_in_keep_mode_are_announced_once_each() -> None:
     assert len(mailbox.messages) == 2
     assert len(queue.sent) == 2
     assert len({p["sha256"] for p in queue.sent}) == 2
+
+
+class QueueHeldUntilAllRead(FakeQueue):
+    """A queue that answers only once every message was read: a copy of one content
+    is then always retrieved while the first copy's pointer is still on its way."""
+
+    def __init__(self, mailbox: FakeMailbox, fail: bool = False) -> None:
+        super().__init__(failing=fail)
+        self.mailbox = mailbox
+        self.expected = len(mailbox.messages)
+
+    def announce_batch(self, pointers: list[dict[str, Any]]) -> set[int]:
+        deadline = time.monotonic() + 10
+        while sum(e.startswith("RETR") for e in self.mailbox.log) < self.expected:
+            assert time.monotonic() < deadline, "the session never read every message"
+            time.sleep(0.01)
+        return super().announce_batch(pointers)
+
+
+@pytest.mark.parametrize("delete", [True, False])
+def test_identical_copies_in_one_session_are_announced_once(delete: bool) -> None:
+    # Two copies of one content (no unique UIDL), read before the first copy's pointer is sent.
+    mailbox = SharedUidlListing({"a": msg(1), "b": msg(1), "c": msg(2)})
+    queue = QueueHeldUntilAllRead(mailbox)
+    summary, _, _ = run(mailbox, queue=queue, delete=delete)
+    assert sorted(p["sha256"] for p in queue.sent) == sorted(
+        hashlib.sha256(m).hexdigest() for m in (msg(1), msg(2))
+    )
+    assert summary.stopped is StopReason.COMPLETED
+    # The twin is proven by its first copy's pointer: deleted with it, or kept with it.
+    assert len(mailbox.messages) == (0 if delete else 3)
+
+
+def test_a_copy_whose_first_copy_fails_is_neither_announced_nor_deleted() -> None:
+    mailbox = SharedUidlListing({"a": msg(1), "b": msg(1)})
+    queue = QueueHeldUntilAllRead(mailbox, fail=True)
+    summary, _, _ = run(mailbox, queue=queue)
+    assert queue.sent == []
+    assert len(mailbox.messages) == 2
+    assert summary.deleted == 0
+    # The session that retrieved both copies ends without QUIT.
+    assert mailbox.log[: mailbox.log.index("ABANDON")] == ["RETR a", "RETR b"]
 
 
 @pytest.mark.parametrize("uidl", ["../../etc/passwd", "a/b", "%2e%2e", "with space", "é"])

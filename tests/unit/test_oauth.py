@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from tests.support.local_hosts import LOCAL_SERVERS
 from tests.support.oauth_server import OAuthTestServer
 
 from pop3_ingest.config import MICROSOFT_365_SCOPE, OAuthSettings
@@ -199,7 +200,7 @@ def test_plain_http_is_allowed_on_loopback_only(host: str) -> None:
 
 def test_client_credentials_token_is_fetched_and_cached(server: OAuthTestServer) -> None:
     clock = FakeClock()
-    provider = TokenProvider(app_settings(server), clock=clock)
+    provider = TokenProvider(app_settings(server), clock=clock, address_policy=LOCAL_SERVERS)
     token = provider.token()
     grant = server.active(token)
     assert grant is not None
@@ -213,7 +214,10 @@ def test_client_credentials_token_is_fetched_and_cached(server: OAuthTestServer)
         }
     ]
     # Another provider for the same settings (the next warm invocation) shares the cache.
-    assert TokenProvider(app_settings(server), clock=clock).token() == token
+    assert (
+        TokenProvider(app_settings(server), clock=clock, address_policy=LOCAL_SERVERS).token()
+        == token
+    )
     assert len(server.token_requests) == 1
 
 
@@ -221,7 +225,7 @@ def test_refresh_token_grant(server: OAuthTestServer) -> None:
     settings = OAuthSettings.from_secret(
         {**GOOGLE, "token_url": server.token_url, "client_id": "gclient"}
     )
-    token = TokenProvider(settings).token()
+    token = TokenProvider(settings, address_policy=LOCAL_SERVERS).token()
     grant = server.active(token)
     assert grant is not None
     assert grant.username == "bob"
@@ -232,7 +236,7 @@ def test_refresh_token_grant(server: OAuthTestServer) -> None:
 def test_token_is_refetched_60s_before_expiry(server: OAuthTestServer) -> None:
     server.expires_in = 3600
     clock = FakeClock()
-    provider = TokenProvider(app_settings(server), clock=clock)
+    provider = TokenProvider(app_settings(server), clock=clock, address_policy=LOCAL_SERVERS)
     first = provider.token()
     clock.now += 3600 - 60 - 1
     assert provider.token() == first
@@ -247,7 +251,7 @@ def test_token_is_refetched_60s_before_expiry(server: OAuthTestServer) -> None:
 @pytest.mark.parametrize("expires_in", ["3600", 3600.0])
 def test_expires_in_as_string_or_float(server: OAuthTestServer, expires_in: Any) -> None:
     server.expires_in = expires_in
-    provider = TokenProvider(app_settings(server), clock=FakeClock())
+    provider = TokenProvider(app_settings(server), clock=FakeClock(), address_policy=LOCAL_SERVERS)
     assert provider.token() == provider.token()
     assert len(server.token_requests) == 1
 
@@ -255,7 +259,7 @@ def test_expires_in_as_string_or_float(server: OAuthTestServer, expires_in: Any)
 @pytest.mark.parametrize("expires_in", [None, 60, 30, "soon"])
 def test_unknown_or_short_lifetime_is_not_cached(server: OAuthTestServer, expires_in: Any) -> None:
     server.expires_in = expires_in
-    provider = TokenProvider(app_settings(server), clock=FakeClock())
+    provider = TokenProvider(app_settings(server), clock=FakeClock(), address_policy=LOCAL_SERVERS)
     assert provider.token() != provider.token()
     assert len(server.token_requests) == 2
 
@@ -271,9 +275,10 @@ def test_cache_is_per_client_scope_and_refresh_token(server: OAuthTestServer) ->
         OAuthSettings.from_secret(google),
         OAuthSettings.from_secret({**google, "refresh_token": "another-refresh"}),
     ]
-    tokens = {TokenProvider(s).token() for s in settings}
+    tokens = {TokenProvider(s, address_policy=LOCAL_SERVERS).token() for s in settings}
     assert len(tokens) == len(settings)
-    assert {TokenProvider(s).token() for s in settings} == tokens  # all cached now
+    again = {TokenProvider(s, address_policy=LOCAL_SERVERS).token() for s in settings}
+    assert again == tokens  # all cached now
     assert len(server.token_requests) == len(settings)
     # The cache key holds a digest, never the refresh token itself.
     assert REFRESH_TOKEN not in repr(oauth._cache)
@@ -286,7 +291,7 @@ def test_concurrent_callers_share_one_fetch(server: OAuthTestServer) -> None:
     lock = threading.Lock()
 
     def worker() -> None:
-        token = TokenProvider(settings).token()
+        token = TokenProvider(settings, address_policy=LOCAL_SERVERS).token()
         with lock:
             results.append(token)
 
@@ -301,7 +306,7 @@ def test_concurrent_callers_share_one_fetch(server: OAuthTestServer) -> None:
 
 
 def test_invalidate_drops_the_cached_token(server: OAuthTestServer) -> None:
-    provider = TokenProvider(app_settings(server))
+    provider = TokenProvider(app_settings(server), address_policy=LOCAL_SERVERS)
     first = provider.token()
     provider.invalidate("not-the-cached-one")
     assert provider.token() == first
@@ -311,7 +316,7 @@ def test_invalidate_drops_the_cached_token(server: OAuthTestServer) -> None:
 
 
 def test_clear_token_cache(server: OAuthTestServer) -> None:
-    provider = TokenProvider(app_settings(server))
+    provider = TokenProvider(app_settings(server), address_policy=LOCAL_SERVERS)
     first = provider.token()
     clear_token_cache()
     assert provider.token() != first
@@ -321,7 +326,9 @@ def test_clear_token_cache(server: OAuthTestServer) -> None:
 
 
 def test_wrong_client_secret_is_an_auth_error(server: OAuthTestServer) -> None:
-    provider = TokenProvider(app_settings(server, client_secret="wrong-" + CLIENT_SECRET))
+    provider = TokenProvider(
+        app_settings(server, client_secret="wrong-" + CLIENT_SECRET), address_policy=LOCAL_SERVERS
+    )
     with pytest.raises(AuthError) as caught:
         provider.token()
     message = str(caught.value)
@@ -336,7 +343,7 @@ def test_revoked_refresh_token_is_an_auth_error(server: OAuthTestServer) -> None
         {**GOOGLE, "token_url": server.token_url, "refresh_token": "1//09xQZkTv-7LdW"}
     )
     with pytest.raises(AuthError) as caught:
-        TokenProvider(settings).token()
+        TokenProvider(settings, address_policy=LOCAL_SERVERS).token()
     assert "HTTP 400 invalid_grant: refresh token unknown or revoked" in str(caught.value)
     assert_no_secrets(caught.value, "1//09xQZkTv-7LdW")
 
@@ -350,7 +357,7 @@ def test_error_description_is_sanitized(server: OAuthTestServer) -> None:
         },
     )
     with pytest.raises(AuthError) as caught:
-        TokenProvider(app_settings(server)).token()
+        TokenProvider(app_settings(server), address_policy=LOCAL_SERVERS).token()
     message = str(caught.value)
     assert "invalid_request: bad secret ***" in message
     assert "\r" not in message
@@ -362,7 +369,7 @@ def test_error_description_is_sanitized(server: OAuthTestServer) -> None:
 def test_rejection_without_json_body(server: OAuthTestServer) -> None:
     server.respond_next(403, b"<html>Forbidden</html>")
     with pytest.raises(AuthError) as caught:
-        TokenProvider(app_settings(server)).token()
+        TokenProvider(app_settings(server), address_policy=LOCAL_SERVERS).token()
     assert "HTTP 403" in str(caught.value)
 
 
@@ -372,7 +379,7 @@ def test_server_errors_and_throttling_are_connect_errors(
 ) -> None:
     server.respond_next(status, {"error": "temporarily_unavailable"})
     with pytest.raises(ConnectError) as caught:
-        TokenProvider(app_settings(server)).token()
+        TokenProvider(app_settings(server), address_policy=LOCAL_SERVERS).token()
     assert f"HTTP {status} temporarily_unavailable" in str(caught.value)
     assert_no_secrets(caught.value)
 
@@ -380,7 +387,7 @@ def test_server_errors_and_throttling_are_connect_errors(
 def test_timeout_is_a_connect_error(server: OAuthTestServer) -> None:
     server.token_delay_s = 1.0
     with pytest.raises(ConnectError) as caught:
-        TokenProvider(app_settings(server), timeout=0.2).token()
+        TokenProvider(app_settings(server), timeout=0.2, address_policy=LOCAL_SERVERS).token()
     assert "did not answer within 0.2s" in str(caught.value)
     assert_no_secrets(caught.value)
 
@@ -391,7 +398,7 @@ def test_refused_connection_is_a_connect_error() -> None:
         port = sock.getsockname()[1]  # closed again: nobody listens there
     settings = OAuthSettings.from_secret({**APP_ONLY, "token_url": f"http://127.0.0.1:{port}/t"})
     with pytest.raises(ConnectError) as caught:
-        TokenProvider(settings, timeout=2).token()
+        TokenProvider(settings, timeout=2, address_policy=LOCAL_SERVERS).token()
     assert "cannot reach token endpoint" in str(caught.value)
     assert_no_secrets(caught.value)
 
@@ -409,7 +416,7 @@ def test_refused_connection_is_a_connect_error() -> None:
 def test_unusable_token_responses(server: OAuthTestServer, body: bytes, fragment: str) -> None:
     server.respond_next(200, body)
     with pytest.raises(AuthError) as caught:
-        TokenProvider(app_settings(server)).token()
+        TokenProvider(app_settings(server), address_policy=LOCAL_SERVERS).token()
     assert fragment in str(caught.value)
     assert_no_secrets(caught.value, "SECRET-ACCESS-TOKEN", "SECRET ACCESS")
 
@@ -417,7 +424,7 @@ def test_unusable_token_responses(server: OAuthTestServer, body: bytes, fragment
 def test_access_token_echoed_in_token_type_is_masked(server: OAuthTestServer) -> None:
     server.respond_next(200, {"access_token": "abcSECRETdef", "token_type": "abcSECRETdef"})
     with pytest.raises(AuthError) as caught:
-        TokenProvider(app_settings(server)).token()
+        TokenProvider(app_settings(server), address_policy=LOCAL_SERVERS).token()
     assert_no_secrets(caught.value, "abcSECRETdef")
 
 
@@ -442,7 +449,7 @@ def test_redirects_are_not_followed() -> None:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/token"
         settings = OAuthSettings.from_secret({**APP_ONLY, "token_url": url})
         with pytest.raises(AuthError) as caught:
-            TokenProvider(settings).token()
+            TokenProvider(settings, address_policy=LOCAL_SERVERS).token()
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -452,7 +459,7 @@ def test_redirects_are_not_followed() -> None:
 
 def test_failures_are_not_cached(server: OAuthTestServer) -> None:
     server.respond_next(503, {"error": "temporarily_unavailable"})
-    provider = TokenProvider(app_settings(server))
+    provider = TokenProvider(app_settings(server), address_policy=LOCAL_SERVERS)
     with pytest.raises(ConnectError):
         provider.token()
     assert provider.token()

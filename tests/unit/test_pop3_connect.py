@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from tests.support.local_hosts import LOCAL_SERVERS
 
 from pop3_ingest.config import MailboxConfig
 from pop3_ingest.errors import ConnectError
@@ -70,7 +71,11 @@ def enter(mailbox: Pop3Mailbox) -> ConnectError:
 
 def test_a_tcp_connect_that_hangs_is_cut_off_when_the_run_is_out_of_time() -> None:
     with full_accept_queue() as port:
-        error = enter(Pop3Mailbox(config(port), TIMEOUT, time_left=lambda: TIME_LEFT))
+        error = enter(
+            Pop3Mailbox(
+                config(port), TIMEOUT, time_left=lambda: TIME_LEFT, address_policy=LOCAL_SERVERS
+            )
+        )
     assert "out of time" in str(error)
 
 
@@ -78,7 +83,14 @@ def test_a_tls_handshake_that_hangs_is_cut_off_when_the_run_is_out_of_time() -> 
     with listener() as server:
         port = server.getsockname()[1]
         # Accepted (by the queue), and the ClientHello is never answered.
-        error = enter(Pop3Mailbox(config(port, "implicit"), TIMEOUT, time_left=lambda: TIME_LEFT))
+        error = enter(
+            Pop3Mailbox(
+                config(port, "implicit"),
+                TIMEOUT,
+                time_left=lambda: TIME_LEFT,
+                address_policy=LOCAL_SERVERS,
+            )
+        )
     assert "TLS handshake" in str(error)
     assert "out of time" in str(error)
 
@@ -86,14 +98,20 @@ def test_a_tls_handshake_that_hangs_is_cut_off_when_the_run_is_out_of_time() -> 
 def test_a_missing_greeting_is_cut_off_when_the_run_is_out_of_time() -> None:
     with listener() as server:
         port = server.getsockname()[1]
-        error = enter(Pop3Mailbox(config(port), TIMEOUT, time_left=lambda: TIME_LEFT))
+        error = enter(
+            Pop3Mailbox(
+                config(port), TIMEOUT, time_left=lambda: TIME_LEFT, address_policy=LOCAL_SERVERS
+            )
+        )
     assert "out of time" in str(error)
 
 
 def test_no_time_left_means_no_connection_at_all() -> None:
     with listener() as server:
         port = server.getsockname()[1]
-        error = enter(Pop3Mailbox(config(port), TIMEOUT, time_left=lambda: 0.0))
+        error = enter(
+            Pop3Mailbox(config(port), TIMEOUT, time_left=lambda: 0.0, address_policy=LOCAL_SERVERS)
+        )
         server.settimeout(0.2)
         with pytest.raises(TimeoutError):
             server.accept()  # nothing ever connected

@@ -12,6 +12,7 @@ import time
 import pytest
 from tests.support.corpus import simple_message
 from tests.support.fake_pop3 import FakeMessage, FakePop3Server, Fault
+from tests.support.local_hosts import LOCAL_SERVERS
 
 from pop3_ingest.config import DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND, MailboxConfig, Settings
 from pop3_ingest.errors import AuthError, ConfigError, Pop3IngestError, TransferTooSlow
@@ -79,7 +80,9 @@ def test_the_runs_own_deadline_caps_every_answer() -> None:
 def test_per_message_limit_names_the_configured_rate() -> None:
     mail = [FakeMessage(simple_message(1), b"u1")]
     with FakePop3Server(mail, faults=[Fault("RETR-body", "drip")], drip_interval=0.05) as server:
-        mailbox = Pop3Mailbox(config(server), timeout=0.3, min_bytes_per_second=1234)
+        mailbox = Pop3Mailbox(
+            config(server), timeout=0.3, min_bytes_per_second=1234, address_policy=LOCAL_SERVERS
+        )
         with mailbox:
             (message,) = mailbox.list_messages()
             mailbox.send_commands(["RETR 1"])
@@ -95,7 +98,12 @@ def test_time_left_cuts_a_read_off() -> None:
     mail = [FakeMessage(simple_message(1), b"u1")]
     with FakePop3Server(mail, faults=[Fault("RETR-body", "drip")], drip_interval=0.05) as server:
         end = time.monotonic() + 0.4
-        mailbox = Pop3Mailbox(config(server), timeout=10, time_left=lambda: end - time.monotonic())
+        mailbox = Pop3Mailbox(
+            config(server),
+            timeout=10,
+            time_left=lambda: end - time.monotonic(),
+            address_policy=LOCAL_SERVERS,
+        )
         with mailbox:
             (message,) = mailbox.list_messages()
             mailbox.send_commands(["RETR 1"])
@@ -106,12 +114,16 @@ def test_time_left_cuts_a_read_off() -> None:
 def test_a_dripping_status_line_is_too_slow_although_every_read_gets_a_byte() -> None:
     server = FakePop3Server(faults=[Fault("USER", "drip")], drip_interval=0.1)
     with server, pytest.raises(TransferTooSlow, match="USER: no complete answer within"):
-        Pop3Mailbox(config(server), timeout=0.3).__enter__()
+        Pop3Mailbox(config(server), timeout=0.3, address_policy=LOCAL_SERVERS).__enter__()
 
 
 def test_password_that_cannot_be_sent_is_an_auth_error() -> None:
     with FakePop3Server() as server:
-        mailbox = Pop3Mailbox(config(server, password="lone \ud800 surrogate"), timeout=2)
+        mailbox = Pop3Mailbox(
+            config(server, password="lone \ud800 surrogate"),
+            timeout=2,
+            address_policy=LOCAL_SERVERS,
+        )
         with pytest.raises(AuthError, match="cannot be sent as UTF-8") as info:
             mailbox.__enter__()
         assert info.value.__cause__ is None
@@ -132,7 +144,7 @@ def test_password_is_not_sent_through_poplib_putline(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(poplib.POP3, "_putline", spy)
     with (
         FakePop3Server(password="pw-on-the-wire-only") as server,
-        Pop3Mailbox(config(server), timeout=2),
+        Pop3Mailbox(config(server), timeout=2, address_policy=LOCAL_SERVERS),
     ):
         pass
     assert lines  # USER went through it
@@ -148,7 +160,7 @@ def test_an_echoed_password_is_hidden_even_at_the_end_of_a_long_line() -> None:
         ) as server,
         pytest.raises(AuthError) as info,
     ):
-        Pop3Mailbox(config(server), timeout=2).__enter__()
+        Pop3Mailbox(config(server), timeout=2, address_policy=LOCAL_SERVERS).__enter__()
     text = str(info.value)
     assert "the server rejected the credentials" in text
     for length in range(4, len(password) + 1):
@@ -161,7 +173,7 @@ def test_an_echoed_password_is_hidden_even_at_the_end_of_a_long_line() -> None:
 )
 def test_login_delay_is_bounded(value: str, expected: int) -> None:
     server = FakePop3Server(extra_capabilities=[f"LOGIN-DELAY {value}".strip()])
-    with server, Pop3Mailbox(config(server), timeout=2) as mailbox:
+    with server, Pop3Mailbox(config(server), timeout=2, address_policy=LOCAL_SERVERS) as mailbox:
         assert mailbox.login_delay == expected
 
 
@@ -170,7 +182,7 @@ def test_login_delay_is_bounded(value: str, expected: int) -> None:
 )
 def test_reset_at_any_step_is_a_package_error(step: str) -> None:
     def session(server: FakePop3Server) -> None:
-        with Pop3Mailbox(config(server), timeout=2) as mailbox:
+        with Pop3Mailbox(config(server), timeout=2, address_policy=LOCAL_SERVERS) as mailbox:
             (message,) = mailbox.list_messages()
             mailbox.send_commands(["RETR 1"])
             mailbox.read_retr(message).read_all()

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import socket
 import ssl
-import subprocess
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from tests.support.background import ThreadedTcpServer
+from tests.support.certificates import Certificates, make_certificates
+from tests.support.local_hosts import LOCAL_SERVERS
 
 from pop3_ingest.config import MailboxConfig
 from pop3_ingest.errors import TlsError
@@ -23,40 +22,15 @@ from pop3_ingest.pop3 import Pop3Mailbox
 PASSWORD = "pw-only-under-tls"
 
 
-@dataclass(frozen=True)
-class Certificates:
-    ca_pem: str  # the secret's ca_cert
-    server_context: ssl.SSLContext
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     """A test CA and a certificate for 127.0.0.1 that it signed."""
-    where = tmp_path_factory.mktemp("starttls-certs")
-    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl(
-        "req", "-x509", *new_key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=pop3-ingest STARTTLS test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=where,
-    )  # fmt: skip
-    openssl(
-        "req", "-x509", *new_key, "-keyout", "server.key", "-out", "server.pem", "-days", "2",
-        "-subj", "/CN=localhost", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-addext", "basicConstraints=critical,CA:FALSE",
-        "-addext", "keyUsage=critical,digitalSignature",
-        "-addext", "extendedKeyUsage=serverAuth",
-        "-addext", "subjectAltName=IP:127.0.0.1",
-        cwd=where,
-    )  # fmt: skip
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(where / "server.pem", where / "server.key")
-    return Certificates((where / "ca.pem").read_text(), context)
+    return make_certificates(
+        tmp_path_factory.mktemp("starttls-certs"),
+        ca_name="pop3-ingest STARTTLS test CA",
+        common_name="localhost",
+        san="IP:127.0.0.1",
+    )
 
 
 class StarttlsServer(ThreadedTcpServer):
@@ -136,7 +110,9 @@ def test_starttls_sends_capa_once_before_stls_and_once_after(certificates: Certi
     # WHEN a STARTTLS session logs in, lists the mailbox and quits
     with (
         StarttlsServer(certificates.server_context) as server,
-        Pop3Mailbox(config(server.port, certificates.ca_pem), timeout=5) as mailbox,
+        Pop3Mailbox(
+            config(server.port, certificates.ca_pem), timeout=5, address_policy=LOCAL_SERVERS
+        ) as mailbox,
     ):
         assert mailbox.pipelining  # the capabilities in use are those read under TLS
         assert mailbox.list_messages() == []
@@ -152,7 +128,9 @@ def test_a_server_without_stls_is_refused_before_any_credential(
     certificates: Certificates,
 ) -> None:
     with StarttlsServer(certificates.server_context, offer_stls=False) as server:
-        mailbox = Pop3Mailbox(config(server.port, certificates.ca_pem), timeout=5)
+        mailbox = Pop3Mailbox(
+            config(server.port, certificates.ca_pem), timeout=5, address_policy=LOCAL_SERVERS
+        )
         with pytest.raises(TlsError, match="does not offer STLS"):
             mailbox.__enter__()
     assert server.commands == ["CAPA"]

@@ -1,22 +1,31 @@
-"""The run state: validated field by field, forgotten only on proof, merged not overwritten."""
+"""The run state: validated field by field, compact and bounded, forgotten only on proof,
+merged not overwritten."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.memory_s3 import FakeS3
 
+from pop3_ingest.domain.message import uidl_digest
 from pop3_ingest.domain.state import (
+    CONTENT_MEMORY_SECONDS,
+    DELETED_MEMORY_ENTRIES,
     DELETED_MEMORY_SECONDS,
+    FORGET_STEP_SECONDS,
     MAX_ERROR_CHARS,
     MAX_LEASE_SECONDS,
+    REWRITE_AFTER_SECONDS,
+    RUN_TIMES,
     STATE_VERSION,
     Deleted,
     Failure,
@@ -29,6 +38,15 @@ from pop3_ingest.integrations.s3_state import STATE_CLIENT_CONFIG, S3StateStore,
 D1, D2, D3 = "1" * 40, "2" * 40, "3" * 40
 SHA = "a" * 64
 NOW = 1_800_000_000.0
+DAY = 24 * 3600
+
+
+def b64(hex_digest: str) -> str:
+    """A digest as the stored document spells it: base64url, no padding."""
+    return base64.urlsafe_b64encode(bytes.fromhex(hex_digest)).rstrip(b"=").decode()
+
+
+K1, B_SHA = b64(D1), b64(SHA)
 
 
 # -- strategies ------------------------------------------------------------------
@@ -36,13 +54,14 @@ NOW = 1_800_000_000.0
 digests = st.sampled_from([f"{i:x}" * 40 for i in range(6)])  # few keys: overlaps are likely
 shas = st.sampled_from([f"{i:x}" * 64 for i in range(10, 14)])
 times = st.floats(min_value=0, max_value=2e9, allow_nan=False)
+whole_times = st.integers(min_value=0, max_value=2_000_000_000).map(float)  # stored to the second
 counts = st.integers(min_value=0, max_value=1000)
 failure = st.builds(Failure, counts, st.text(max_size=20), times, times)
 states = st.builds(
     MailboxState,
     seen=st.dictionaries(digests, st.builds(Seen, counts, shas), max_size=4),
-    deleted=st.dictionaries(digests, st.builds(Deleted, times, counts, shas), max_size=4),
-    seen_content=st.dictionaries(shas, times, max_size=3),
+    deleted=st.dictionaries(digests, st.builds(Deleted, whole_times, counts, shas), max_size=4),
+    seen_content=st.dictionaries(shas, whole_times, max_size=3),
     failures=st.dictionaries(digests, failure, max_size=3),
     quarantined=st.dictionaries(digests, failure, max_size=3),
     auth_failures=st.integers(0, 3),
@@ -60,7 +79,7 @@ SCALARS = tuple(f.name for f in fields(MailboxState) if f.name not in TABLES)
 
 def full_state() -> MailboxState:
     """Every field away from its default, so a field the codec forgets shows up."""
-    return MailboxState(
+    state = MailboxState(
         seen={D1: Seen(100, SHA)},
         deleted={D2: Deleted(NOW, 200, "b" * 64)},
         seen_content={"c" * 64: NOW},
@@ -68,17 +87,28 @@ def full_state() -> MailboxState:
         quarantined={D1: Failure(3, "bad", NOW - 10, NOW)},
         auth_failures=2,
         auth_fingerprint="0123456789abcdef",
-        busy_streak=1,
         backoff_until=NOW + 30,
         last_attempt=NOW,
         last_completed=NOW - 5,
         lease_owner="8a5c3f1e-0000-4000-8000-000000000001",
         lease_until=NOW + 300,
     )
+    for name in SCALARS:  # counters added later count too
+        if getattr(state, name) == getattr(MailboxState(), name):
+            setattr(state, name, 1)
+    return state
 
 
 def document(**changes: Any) -> dict[str, Any]:
     data = full_state().to_json()
+    data.update(changes)
+    return data
+
+
+def v3_document(**changes: Any) -> dict[str, Any]:
+    """full_state() as version 3 wrote it: hex digests, entries as objects."""
+    data = asdict(full_state())
+    data["version"] = 3
     data.update(changes)
     return data
 
@@ -99,6 +129,30 @@ def test_any_state_round_trips(state: MailboxState) -> None:
     assert MailboxState.from_bytes(state.to_bytes()) == state
 
 
+def test_the_tables_that_grow_with_mail_are_compact_and_keep_every_bit() -> None:
+    data = full_state().to_json()
+    assert data["seen"] == {K1: [100, B_SHA]}
+    assert data["deleted"] == {b64(D2): [round(NOW), 200, b64("b" * 64)]}
+    assert data["seen_content"] == {b64("c" * 64): round(NOW)}
+    # 27 and 43 characters: the UIDL digest's 160 bits and the SHA-256's 256, whole.
+    assert (len(K1), len(B_SHA)) == (27, 43)
+    # Failures keep the names of their quarantine records (hex).
+    assert set(data["quarantined"]) == {D1}
+
+
+def test_times_of_deletions_and_content_are_kept_to_the_second() -> None:
+    state = MailboxState(deleted={D1: Deleted(NOW + 0.4, 1, SHA)}, seen_content={SHA: NOW + 0.6})
+    again = MailboxState.from_bytes(state.to_bytes())
+    assert again.deleted[D1].at == NOW
+    assert again.seen_content[SHA] == NOW + 1
+
+
+def test_a_version_3_document_keeps_all_its_memory_and_is_written_as_version_4() -> None:
+    state = MailboxState.from_json(v3_document())
+    assert state == full_state()
+    assert state.to_json()["version"] == STATE_VERSION == 4
+
+
 # -- validation ------------------------------------------------------------------
 
 
@@ -106,64 +160,59 @@ def entry(table: str, key: str, value: Any) -> dict[str, Any]:
     return {table: {key: value}}
 
 
+def failure_entry(**changes: Any) -> dict[str, Any]:
+    return {"count": 1, "error": "", "first_at": 0, "last_at": 0, **changes}
+
+
 BAD_DOCUMENTS: list[tuple[str, Any, str]] = [
     ("not an object", [], "not a JSON object"),
     ("no version", {k: v for k, v in document().items() if k != "version"}, "version None"),
     ("version 1", document(version=1), "version 1"),
-    ("future version", document(version=4), "version 4"),
-    ("version as text", document(version="3"), "version '3'"),
+    ("future version", document(version=5), "version 5"),
+    ("version as text", document(version="4"), "version '4'"),
+    ("version as float", document(version=4.0), "version 4.0"),
+    ("version as bool", document(version=True), "version True"),
     ("unknown field", document(surprise=1), "unknown fields: surprise"),
     ("seen not a table", document(seen=[]), "seen: not an object"),
-    ("short digest key", document(**entry("seen", "abc", {"size": 1, "sha256": SHA})), "key of 3"),
-    ("uppercase key", document(**entry("seen", "A" * 40, {"size": 1, "sha256": SHA})), "key of 40"),
-    ("v2 seen string", document(**entry("seen", D1, "100:abcd")), f"seen[{D1}]: not an object"),
-    ("empty sha256", document(**entry("seen", D1, {"size": 1, "sha256": ""})), ".sha256: not 64"),
-    ("short sha256", document(**entry("seen", D1, {"size": 1, "sha256": "ab" * 16})), "not 64"),
-    ("upper sha256", document(**entry("seen", D1, {"size": 1, "sha256": "A" * 64})), "not 64"),
-    ("negative size", document(**entry("seen", D1, {"size": -1, "sha256": SHA})), ".size: not a"),
-    ("bool size", document(**entry("seen", D1, {"size": True, "sha256": SHA})), ".size: not a"),
-    ("float size", document(**entry("seen", D1, {"size": 1.5, "sha256": SHA})), ".size: not a"),
-    ("huge size", document(**entry("seen", D1, {"size": 2**60, "sha256": SHA})), ".size: not a"),
-    ("seen extra", document(**entry("seen", D1, {"size": 1, "sha256": SHA, "x": 1})), "exactly"),
-    ("deleted bare time", document(**entry("deleted", D1, NOW)), "not an object"),
-    (
-        "deleted without digest",
-        document(**entry("deleted", D1, {"at": NOW, "size": 1})),
-        "exactly at, size, sha256",
-    ),
-    (
-        "deleted negative time",
-        document(**entry("deleted", D1, {"at": -1.0, "size": 1, "sha256": SHA})),
-        ".at: not a finite time",
-    ),
-    (
-        "deleted time as text",
-        document(**entry("deleted", D1, {"at": "now", "size": 1, "sha256": SHA})),
-        ".at: not a finite time",
-    ),
-    ("content key not sha256", document(seen_content={D1: NOW}), "seen_content: a key of 40"),
-    ("content time text", document(seen_content={SHA: "x"}), "not a finite time"),
+    ("hex key", document(**entry("seen", D1, [1, B_SHA])), "a key of 40 characters is not a 160"),
+    ("short key", document(**entry("seen", "abc", [1, B_SHA])), "a key of 3 characters"),
+    ("padded key", document(**entry("seen", K1 + "=", [1, B_SHA])), "a key of 28 characters"),
+    # The same bits spelled another way (trailing bits set): one spelling per digest.
+    ("non-canonical key", document(**entry("seen", "A" * 26 + "B", [1, B_SHA])), "a key of 27"),
+    ("seen as object", document(**entry("seen", K1, {"size": 1, "sha256": B_SHA})), "[size, "),
+    ("seen short", document(**entry("seen", K1, [1])), "not an array [size, sha256]"),
+    ("seen sha256 in hex", document(**entry("seen", K1, [1, SHA])), ".sha256: not a SHA-256"),
+    ("seen sha256 empty", document(**entry("seen", K1, [1, ""])), ".sha256: not a SHA-256"),
+    # 128 bits are not proof of 256: no digest is shortened, none read shortened.
+    ("seen sha256 halved", document(**entry("seen", K1, [1, b64("ab" * 16)])), "not a SHA-256"),
+    ("negative size", document(**entry("seen", K1, [-1, B_SHA])), ".size: not a whole"),
+    ("bool size", document(**entry("seen", K1, [True, B_SHA])), ".size: not a whole"),
+    ("float size", document(**entry("seen", K1, [1.5, B_SHA])), ".size: not a whole"),
+    ("huge size", document(**entry("seen", K1, [2**60, B_SHA])), ".size: not a whole"),
+    ("deleted bare time", document(**entry("deleted", K1, NOW)), "not an array [at, size, sha256]"),
+    ("deleted no digest", document(**entry("deleted", K1, [NOW, 1])), "[at, size, sha256]"),
+    ("deleted negative time", document(**entry("deleted", K1, [-1, 1, B_SHA])), ".at: not a"),
+    ("deleted time text", document(**entry("deleted", K1, ["now", 1, B_SHA])), ".at: not a"),
+    ("deleted sha256 hex", document(**entry("deleted", K1, [NOW, 1, SHA])), ".sha256: not a"),
+    ("content key a uidl digest", document(seen_content={K1: NOW}), "seen_content: a key of 27"),
+    ("content key in hex", document(seen_content={SHA: NOW}), "seen_content: a key of 64"),
+    ("content time text", document(seen_content={B_SHA: "x"}), "not a finite time"),
+    ("failure key in base64", document(**entry("failures", K1, failure_entry())), "a key of 27"),
     ("quarantined as list", document(quarantined=[D1]), "quarantined: not an object"),
     ("quarantined entry list", document(**entry("quarantined", D1, [3, "x"])), "not an object"),
     (
         "failure negative count",
-        document(**entry("failures", D1, {"count": -1, "error": "", "first_at": 0, "last_at": 0})),
+        document(**entry("failures", D1, failure_entry(count=-1))),
         ".count: not a whole number",
     ),
     (
         "failure long error",
-        document(
-            **entry(
-                "failures",
-                D1,
-                {"count": 1, "error": "x" * (MAX_ERROR_CHARS + 1), "first_at": 0, "last_at": 0},
-            )
-        ),
+        document(**entry("failures", D1, failure_entry(error="x" * (MAX_ERROR_CHARS + 1)))),
         ".error: not a text",
     ),
     (
         "failure error not text",
-        document(**entry("failures", D1, {"count": 1, "error": 5, "first_at": 0, "last_at": 0})),
+        document(**entry("failures", D1, failure_entry(error=5))),
         ".error: not a text",
     ),
     ("auth failures negative", document(auth_failures=-1), "auth_failures: not a whole"),
@@ -178,6 +227,22 @@ BAD_DOCUMENTS: list[tuple[str, Any, str]] = [
     ("lease owner long", document(lease_owner="a" * 129), "lease_owner: not null"),
     ("lease owner number", document(lease_owner=7), "lease_owner: not null"),
     ("lease until text", document(lease_until="soon"), "lease_until: not a finite"),
+    # Version 3 is read with the same care.
+    ("v3 unknown field", v3_document(surprise=1), "unknown fields: surprise"),
+    ("v3 short key", v3_document(**entry("seen", "abc", {"size": 1, "sha256": SHA})), "key of 3"),
+    ("v3 uppercase key", v3_document(**entry("seen", "A" * 40, {"size": 1, "sha256": SHA})), "40"),
+    ("v3 seen string", v3_document(**entry("seen", D1, "100:abcd")), f"seen[{D1}]: not an object"),
+    ("v3 empty sha256", v3_document(**entry("seen", D1, {"size": 1, "sha256": ""})), "not 64"),
+    ("v3 short sha256", v3_document(**entry("seen", D1, {"size": 1, "sha256": "ab" * 16})), "64"),
+    ("v3 upper sha256", v3_document(**entry("seen", D1, {"size": 1, "sha256": "A" * 64})), "64"),
+    ("v3 extra", v3_document(**entry("seen", D1, {"size": 1, "sha256": SHA, "x": 1})), "exactly"),
+    ("v3 deleted bare time", v3_document(**entry("deleted", D1, NOW)), "not an object"),
+    (
+        "v3 deleted without digest",
+        v3_document(**entry("deleted", D1, {"at": NOW, "size": 1})),
+        "exactly at, size, sha256",
+    ),
+    ("v3 content key not sha256", v3_document(seen_content={D1: NOW}), "a key of 40"),
 ]
 
 
@@ -267,34 +332,132 @@ def test_a_complete_listing_forgets_what_is_gone() -> None:
     assert state.seen_content == full_state().seen_content
 
 
+def deletions(*ages: float) -> dict[str, Deleted]:
+    """One deletion per age (seconds before NOW), keys in that order."""
+    return {f"{i:040x}": Deleted(NOW - age, 1, SHA) for i, age in enumerate(ages)}
+
+
 @pytest.mark.parametrize("complete", [True, False])
-def test_old_deletions_and_content_memories_expire_by_time(complete: bool) -> None:
+def test_old_deletions_and_content_memories_are_forgotten_a_day_at_a_time(complete: bool) -> None:
+    memory, step = DELETED_MEMORY_SECONDS, FORGET_STEP_SECONDS
+    state = MailboxState(deleted=deletions(memory + 1, memory - 1, 0))
+    state.forget_absent(set(), NOW, complete=complete)
+    assert len(state.deleted) == 3  # just past its time: forgotten with the next day's
+    state = MailboxState(deleted=deletions(memory + step + 1, memory + 1, memory - 1, 0))
+    state.forget_absent(set(), NOW, complete=complete)
+    assert sorted(NOW - d.at for d in state.deleted.values()) == [0, memory - 1]
+
+    content = CONTENT_MEMORY_SECONDS
     state = MailboxState(
-        deleted={D1: Deleted(NOW - DELETED_MEMORY_SECONDS - 1, 1, SHA), D2: Deleted(NOW, 1, SHA)},
-        seen_content={"b" * 64: NOW - DELETED_MEMORY_SECONDS - 1, "c" * 64: NOW},
+        seen_content={"b" * 64: NOW - content - step - 1, "c" * 64: NOW - content + 1}
     )
     state.forget_absent(set(), NOW, complete=complete)
-    assert set(state.deleted) == {D2}
     assert set(state.seen_content) == {"c" * 64}
 
 
-def test_time_keyed_memories_are_bounded_keeping_the_newest(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_deletion_whose_message_is_still_listed_is_never_forgotten() -> None:
+    # A server that ignores DELE: forgotten, the message would be announced again.
+    old = DELETED_MEMORY_SECONDS * 10
+    state = MailboxState(deleted=deletions(old, old))
+    listed = next(iter(state.deleted))
+    state.forget_absent({listed}, NOW, complete=True)
+    assert set(state.deleted) == {listed}
+
+
+def test_deletions_beyond_the_count_are_forgotten_oldest_first_in_steps() -> None:
+    many = DELETED_MEMORY_ENTRIES + DELETED_MEMORY_ENTRIES // 4
+    state = MailboxState(deleted=deletions(*range(many)))
+    state.forget_absent(set(), NOW, complete=True)
+    assert len(state.deleted) == many  # not yet a step past the count
+    state.deleted.update(deletions(*range(many + 1)))
+    state.forget_absent(set(), NOW, complete=True)
+    ages = sorted(NOW - d.at for d in state.deleted.values())
+    assert ages == list(range(DELETED_MEMORY_ENTRIES))  # the newest
+
+
+def test_time_keyed_memories_have_a_hard_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     import pop3_ingest.domain.state as state_module
 
-    monkeypatch.setattr(state_module, "_MAX_DELETED", 2)
+    monkeypatch.setattr(state_module, "_MAX_ENTRIES", 2)
     state = MailboxState(
-        deleted={
-            D1: Deleted(NOW - 2, 1, SHA),
-            D2: Deleted(NOW, 1, SHA),
-            D3: Deleted(NOW - 1, 1, SHA),
-        },
+        deleted=deletions(2, 0, 1),
         seen_content={f"{i}" * 64: NOW - i for i in range(1, 4)},
     )
-    state.forget_absent(set(), NOW, complete=False)
-    assert set(state.deleted) == {D2, D3}
+    state.forget_absent(set(state.deleted), NOW, complete=False)  # listed, and still bounded
+    assert sorted(NOW - d.at for d in state.deleted.values()) == [0, 1]
     assert set(state.seen_content) == {"1" * 64, "2" * 64}
+
+
+def test_content_seen_again_is_not_rewritten_more_than_once_a_step() -> None:
+    state = MailboxState()
+    state.remember_content(SHA, NOW)
+    state.remember_content(SHA, NOW + FORGET_STEP_SECONDS - 1)
+    assert state.seen_content == {SHA: NOW}
+    state.remember_content(SHA, NOW + FORGET_STEP_SECONDS)
+    assert state.seen_content == {SHA: NOW + FORGET_STEP_SECONDS}
+
+
+def a_month_of_mail(per_day: int, days: int = 30) -> list[tuple[int, int]]:
+    """A mailbox receiving ``per_day`` messages, polled every 5 minutes, each message
+    stored, announced and deleted as the core changes the state (domain/ingest.py,
+    domain/session.py): at the end of each day, the stored document's size in bytes
+    and the deletions it remembers."""
+    state, now, days_end, server = MailboxState(), NOW, [], {}
+    runs_per_day, arrived = 288, 0
+    for run in range(days * runs_per_day):
+        now += DAY / runs_per_day
+        while arrived < (run + 1) * per_day // runs_per_day:
+            uidl = f"{arrived:08x}{hashlib.sha256(str(arrived).encode()).hexdigest()[:16]}"
+            server[uidl] = 20_000 + (arrived * 7919) % 80_000  # sizes of real mail
+            arrived += 1
+        state.forget_absent({uidl_digest(u) for u in server}, now, complete=True)
+        for uidl, size in server.items():
+            digest, sha256 = uidl_digest(uidl), hashlib.sha256(uidl.encode()).hexdigest()
+            state.seen[digest] = Seen(size, sha256)  # stored and announced
+            del state.seen[digest]  # QUIT committed the DELE
+            state.deleted[digest] = Deleted(now, size, sha256)
+        server.clear()
+        state.last_attempt = state.last_completed = now
+        if (run + 1) % runs_per_day == 0:
+            days_end.append((len(state.to_bytes()), len(state.deleted)))
+    return days_end
+
+
+def test_the_state_of_a_mailbox_receiving_100_messages_a_day_stays_small() -> None:
+    sizes = [size for size, _ in a_month_of_mail(per_day=100)]
+    assert max(sizes[-10:]) <= max(sizes[:10])  # it stops growing within days
+    assert max(sizes) < 50 * 1024  # docs/configuration.md: about 38 KB at most
+
+
+def test_however_much_mail_arrives_the_deletions_remembered_are_bounded() -> None:
+    remembered = [count for _, count in a_month_of_mail(per_day=2_000, days=3)]
+    assert max(remembered) <= DELETED_MEMORY_ENTRIES + DELETED_MEMORY_ENTRIES // 4
+
+
+# -- worth a write -------------------------------------------------------------------
+
+
+def test_only_the_run_times_changed_is_not_worth_a_write() -> None:
+    base = full_state()
+    mine = base.copy()
+    for name in RUN_TIMES:
+        setattr(mine, name, getattr(base, name) + 60)
+    assert not mine.worth_saving_over(base)
+
+
+@pytest.mark.parametrize("name", [n for n in TABLES + SCALARS if n not in RUN_TIMES])
+def test_any_other_change_is_worth_a_write(name: str) -> None:
+    base, changed = MailboxState(last_attempt=NOW), full_state()
+    mine = replace(base, **{name: getattr(changed, name)})
+    assert mine.worth_saving_over(base)
+
+
+def test_an_unchanged_state_is_rewritten_twice_a_day() -> None:
+    base = full_state()
+    mine = replace(base, last_attempt=base.last_attempt + REWRITE_AFTER_SECONDS - 1)
+    assert not mine.worth_saving_over(base)
+    mine.last_attempt = base.last_attempt + REWRITE_AFTER_SECONDS
+    assert mine.worth_saving_over(base)
 
 
 # -- lease ----------------------------------------------------------------------
@@ -389,70 +552,6 @@ def test_giving_the_lease_back_never_releases_someone_elses() -> None:
 
 
 # -- the S3 store, against an in-memory S3 that honours conditions ---------------------
-
-
-class FakeS3:
-    """get/put/copy_object with S3's conditional-write answers; scripted interference."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, tuple[bytes, str]] = {}
-        self.calls: list[str] = []
-        self.before_put: list[Any] = []  # callables run (and dropped) before a put
-        self.put_errors: list[str] = []  # error codes answered (and dropped) by next puts
-        self._version = 0
-
-    def _store(self, key: str, body: bytes) -> str:
-        self._version += 1
-        etag = f'"{self._version}"'
-        self.objects[key] = (body, etag)
-        return etag
-
-    @staticmethod
-    def _error(code: str, status: int, operation: str) -> ClientError:
-        return ClientError(
-            {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, operation
-        )
-
-    def get_object(self, *, Bucket: str, Key: str) -> dict[str, Any]:
-        self.calls.append("get")
-        if Key not in self.objects:
-            raise self._error("NoSuchKey", 404, "GetObject")
-        body, etag = self.objects[Key]
-
-        class Body:
-            def read(self) -> bytes:
-                return body
-
-            def close(self) -> None:
-                pass
-
-        return {"ETag": etag, "ContentLength": len(body), "Body": Body()}
-
-    def put_object(self, *, Bucket: str, Key: str, Body: bytes, **kw: Any) -> dict[str, Any]:
-        self.calls.append("put")
-        if self.before_put:
-            self.before_put.pop(0)()
-        if self.put_errors:
-            code = self.put_errors.pop(0)
-            raise self._error(code, 409 if code.startswith("Conditional") else 500, "PutObject")
-        current = self.objects.get(Key)
-        if kw.get("IfNoneMatch") == "*" and current is not None:
-            raise self._error("PreconditionFailed", 412, "PutObject")
-        if "IfMatch" in kw:
-            if current is None:
-                raise self._error("NoSuchKey", 404, "PutObject")
-            if current[1] != kw["IfMatch"]:
-                raise self._error("PreconditionFailed", 412, "PutObject")
-        return {"ETag": self._store(Key, Body)}
-
-    def copy_object(self, *, Bucket: str, Key: str, CopySource: Any, **kw: Any) -> None:
-        self.calls.append("copy")
-        body, etag = self.objects[CopySource["Key"]]
-        assert kw["CopySourceIfMatch"] == etag
-        self._store(Key, body)
-
-    def write_state(self, key: str, state: MailboxState) -> None:
-        self._store(key, state.to_bytes())
 
 
 MAILBOX = "support"

@@ -151,10 +151,6 @@ class CommandWindow:
     def deletes_waiting(self) -> bool:
         return bool(self._to_delete)
 
-    @property
-    def answers_due(self) -> bool:
-        return bool(self._outstanding)
-
     def stop_fetching(self) -> None:
         self.fetching = False
 
@@ -234,6 +230,10 @@ class CommandWindow:
         if message.size > self._options.stream_threshold:
             return self._buffers.spooled + message.size > self._options.spool_budget
         return self._buffers.held >= self._options.memory_budget
+
+    @property
+    def answers_due(self) -> bool:
+        return bool(self._outstanding)
 
     def next_answer(self) -> tuple[Command, ServerMessage]:
         """The command whose answer comes next."""

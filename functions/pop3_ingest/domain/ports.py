@@ -95,6 +95,11 @@ class StateSnapshot(Protocol):
     @property
     def state(self) -> MailboxState: ...
 
+    @property
+    def damaged(self) -> str | None:
+        """Why the stored document was set aside and read as empty, if it was."""
+        ...
+
 
 SnapshotT = TypeVar("SnapshotT", bound=StateSnapshot)
 

@@ -8,10 +8,13 @@ failures counted against the secret's fingerprint, a growing back-off while
 the server is busy, the pause the server wants between logins. The last save
 gives the lease back.
 
-The order is fixed: state read, lease, core, save. The world is reached
-through ports only (the state store, the secret read again, the core, a
-clock, an observer for metrics and log lines), so in-memory fakes can stand
-in for all of it.
+The order is fixed: state read, lease, core, save. Where the trigger already
+keeps a mailbox's runs apart (Mode fleet: the jobs' FIFO message group), no
+lease is written, and the last save is made only when the run changed what
+the mailbox remembers: a run with nothing new reads the state and writes
+nothing. The world is reached through ports only (the state store, the
+secret read again, the core, a clock, an observer for metrics and log lines),
+so in-memory fakes can stand in for all of it.
 """
 
 from __future__ import annotations
@@ -79,7 +82,13 @@ class RunOutcome:
 
 
 def run_mailbox(
-    config: MailboxConfig, ports: RunPorts[SnapshotT], *, owner: str, auth_failure_limit: int
+    config: MailboxConfig,
+    ports: RunPorts[SnapshotT],
+    *,
+    owner: str,
+    auth_failure_limit: int,
+    take_lease: bool = True,
+    paced_by_schedule: bool = False,
 ) -> RunOutcome:
     """One run for one mailbox, and one more if its secret was rotated under the cache.
 
@@ -87,8 +96,17 @@ def run_mailbox(
     refused, or suspended, with the cached secret is tried once more when the
     secret read again differs: a rotation is picked up at once, not after the
     cache expires.
+
+    ``take_lease=False`` where the trigger already runs one job per mailbox at a
+    time (a FIFO message group): no lease is written (a live one found is still
+    honoured), and the state is written only when it changed (``_save``).
+
+    ``paced_by_schedule`` where the mailbox's own schedule fires at its
+    ``interval_minutes`` (Mode fleet): the schedule paces it, so no tick is
+    skipped as "not due" (a flexible window may bring two ticks closer than
+    the interval).
     """
-    policy = _RunPolicy(ports, owner, auth_failure_limit)
+    policy = _RunPolicy(ports, owner, auth_failure_limit, take_lease, paced_by_schedule)
     try:
         outcome = policy.attempt(config)
     except AuthError:
@@ -119,6 +137,18 @@ def busy_backoff(code: str, streak: int) -> float:
     return float(min(cap, base * 2 ** (streak - 1)))
 
 
+def unreachable_backoff(streak: int) -> float:
+    """Seconds to wait after the ``streak``-th run in a row that could not connect.
+
+    One failure is a blip: the next tick tries again. From the second in a row
+    the wait doubles from a minute, capped at an hour, so a dead host costs a
+    connect timeout a few times an hour rather than at every tick.
+    """
+    if streak < 2:
+        return 0.0
+    return float(min(3600.0, 60.0 * 2 ** (streak - 2)))
+
+
 def quarantine_record(mailbox: str, message: ServerMessage, failure: Failure) -> dict[str, Any]:
     """What an operator reads about a message the run stopped trying."""
     return {
@@ -133,13 +163,15 @@ def quarantine_record(mailbox: str, message: ServerMessage, failure: Failure) ->
     }
 
 
+@dataclass
 class _RunPolicy(Generic[SnapshotT]):
     """One attempt at a mailbox: decide, lease, run the core, remember, give back."""
 
-    def __init__(self, ports: RunPorts[SnapshotT], owner: str, auth_failure_limit: int) -> None:
-        self.ports = ports
-        self.owner = owner
-        self.auth_failure_limit = auth_failure_limit
+    ports: RunPorts[SnapshotT]
+    owner: str
+    auth_failure_limit: int
+    take_lease: bool
+    paced_by_schedule: bool
 
     def attempt(self, config: MailboxConfig) -> RunOutcome:
         states, mailbox, now = self.ports.states, config.mailbox, self.ports.clock()
@@ -147,10 +179,7 @@ class _RunPolicy(Generic[SnapshotT]):
         skip = self._reason_not_to_start(current.state, config, now)
         if skip is not None:
             return RunOutcome(RunSummary(mailbox=mailbox, stopped=skip))
-        # Held to the end of this invocation at the latest: a run that dies
-        # without giving it back blocks the mailbox no longer than it could run.
-        until = now + self.ports.seconds_left() + LEASE_MARGIN_SECONDS
-        lease = states.take_lease(mailbox, self.owner, until, now, current)
+        lease = self._claim(mailbox, current, now)
         if lease is None:
             self._signal(
                 "MailboxLocked",
@@ -165,17 +194,27 @@ class _RunPolicy(Generic[SnapshotT]):
             summary = core.run()
         except MailboxBusy as exc:
             self._back_off(state, exc, now)
-            self._give_back(mailbox, state, lease)
+            self._save(mailbox, state, lease)
             return RunOutcome(RunSummary(mailbox=mailbox, stopped=StopReason.BUSY), exc.code)
         except Exception as exc:
             # Whatever broke, the next run must not wait for the lease to
             # expire, and the deletions committed so far are remembered.
             self._note_failure(exc, state, config)
-            self._give_back(mailbox, state, lease)
+            self._save(mailbox, state, lease)
             raise
         self._note_success(summary, core.login_delay, state, config, now)
-        self._give_back(mailbox, state, lease)
+        self._save(mailbox, state, lease)
         return RunOutcome(summary)
+
+    def _claim(self, mailbox: str, current: SnapshotT, now: float) -> SnapshotT | None:
+        """What the run works from: the state with this run's lease in it, None when
+        another run took the lease first; the state as read when no lease is taken."""
+        if not self.take_lease:
+            return current
+        # Held to the end of this invocation at the latest: a run that dies
+        # without giving it back blocks the mailbox no longer than it could run.
+        until = now + self.ports.seconds_left() + LEASE_MARGIN_SECONDS
+        return self.ports.states.take_lease(mailbox, self.owner, until, now, current)
 
     def rotated(self, config: MailboxConfig) -> MailboxConfig | None:
         """The secret read again past the cache, if it changed since (a rotation)."""
@@ -215,11 +254,12 @@ class _RunPolicy(Generic[SnapshotT]):
             )
             return StopReason.AUTH_SUSPENDED
         if now < state.backoff_until:
+            why = "could not be reached" if state.unreachable_streak else "asked for a pause"
             self._signal(
-                None, logging.INFO, "backing off as the server asked", until=state.backoff_until
+                None, logging.INFO, f"backing off: the server {why}", until=state.backoff_until
             )
             return StopReason.BACKOFF
-        interval = config.interval_minutes * 60
+        interval = 0 if self.paced_by_schedule else config.interval_minutes * 60
         if interval and now < state.last_attempt + interval - _DUE_EARLY_SECONDS:
             self._signal(
                 None, logging.INFO, "not due yet", interval_minutes=config.interval_minutes
@@ -228,12 +268,14 @@ class _RunPolicy(Generic[SnapshotT]):
         return None
 
     def _back_off(self, state: MailboxState, busy: MailboxBusy, now: float) -> None:
+        state.unreachable_streak = 0
         state.busy_streak += 1
         state.backoff_until = now + busy_backoff(busy.code, state.busy_streak)
         fields = {"code": busy.code, "error": str(busy), "retry_after": state.backoff_until}
         self._signal("MailboxBusy", logging.WARNING, "mailbox busy; backing off", **fields)
 
     def _note_failure(self, exc: Exception, state: MailboxState, config: MailboxConfig) -> None:
+        self._note_reachable(exc, state)
         if isinstance(exc, AuthError):
             # Failures count against one secret: a changed one starts again at zero.
             if state.auth_fingerprint != config.fingerprint():
@@ -248,6 +290,16 @@ class _RunPolicy(Generic[SnapshotT]):
                 self._signal(metric, logging.ERROR, message, error=str(exc))
                 return
 
+    def _note_reachable(self, exc: Exception, state: MailboxState) -> None:
+        """A host that keeps failing to connect is tried less and less often."""
+        if not isinstance(exc, ConnectError):
+            state.unreachable_streak = 0
+            return
+        state.unreachable_streak += 1
+        wait = unreachable_backoff(state.unreachable_streak)
+        if wait:
+            state.backoff_until = max(state.backoff_until, self.ports.clock() + wait)
+
     def _note_success(
         self,
         summary: RunSummary,
@@ -258,6 +310,7 @@ class _RunPolicy(Generic[SnapshotT]):
     ) -> None:
         state.auth_failures = 0
         state.auth_fingerprint = config.fingerprint()
+        state.unreachable_streak = 0
         if summary.stopped is not StopReason.BUSY:
             state.busy_streak = 0
         if login_delay:
@@ -266,13 +319,22 @@ class _RunPolicy(Generic[SnapshotT]):
         if summary.stopped is StopReason.COMPLETED:
             state.last_completed = self.ports.clock()
 
-    def _give_back(self, mailbox: str, state: MailboxState, lease: SnapshotT) -> None:
+    def _save(self, mailbox: str, state: MailboxState, base: SnapshotT) -> None:
         """The run's last write: conditional, merged if another writer came first, and
-        giving the lease back. Skipped with an error when it could overrun the deadline."""
-        state.lease_owner = None
-        state.lease_until = 0.0
+        giving the lease back. Skipped with an error when it could overrun the deadline.
+
+        Without a lease, nothing to give back: the state is written only when it is
+        worth it (``MailboxState.worth_saving_over``: the run times alone are not
+        worth an S3 PUT per run), or when the document read was damaged (so it is
+        not set aside again next time).
+        """
+        if self.take_lease:
+            state.lease_owner = None
+            state.lease_until = 0.0
+        elif base.damaged is None and not state.worth_saving_over(base.state):
+            return
         try:
-            self.ports.states.write(mailbox, state, lease)
+            self.ports.states.write(mailbox, state, base)
         except Pop3IngestError as exc:
             # Mail is safe either way; losing the memory costs repeats, not messages.
             self._signal("StateNotSaved", logging.ERROR, "run state not saved", error=str(exc))

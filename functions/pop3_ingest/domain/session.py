@@ -70,6 +70,33 @@ class SessionOutcome:
     may_quit: bool = True
 
 
+class ContentTwins:
+    """Copies of one content (no unique UIDL) retrieved while the first copy is still
+    being stored and announced: they wait for its pointer, which proves them, instead
+    of sending one of their own (the same content is announced once)."""
+
+    def __init__(self) -> None:
+        # sha256 of a first copy in flight -> the twins waiting for it.
+        self._waiting: dict[str, list[Download]] = {}
+        # message number of a first copy -> its sha256.
+        self._first: dict[int, str] = {}
+
+    def hold(self, download: Download) -> bool:
+        """True if ``download`` is a twin of a first copy in flight (it now waits)."""
+        twins = self._waiting.get(download.sha256)
+        if twins is not None:
+            twins.append(download)
+            return True
+        self._waiting[download.sha256] = []
+        self._first[download.message.number] = download.sha256
+        return False
+
+    def decided(self, first: ServerMessage) -> list[Download]:
+        """The first copy is announced, or failed: the twins that waited for it."""
+        sha256 = self._first.pop(first.number, None)
+        return self._waiting.pop(sha256, []) if sha256 is not None else []
+
+
 class Custody:
     """Each message retrieved in a session, from its RETR answer until it is confirmed.
 
@@ -93,6 +120,7 @@ class Custody:
         self._retrieved: set[int] = set()
         self._confirmed: set[int] = set()
         self._no_quit_reason = ""
+        self._twins = ContentTwins()
         # The line broke while a message was being read (counted against it).
         self.lost_on_a_message = False
 
@@ -132,9 +160,11 @@ class Custody:
             self._reappearing.discard(message.uidl)
         if not message.unique and download.sha256 in state.seen_content:
             # Announced before under its content digest (no unique UIDL).
-            state.seen_content[download.sha256] = time.time()
+            state.remember_content(download.sha256, time.time())
             self._proven(download)
             return None
+        if not message.unique and self._twins.hold(download):
+            return None  # proven by its first copy's pointer, or left with it
         return download
 
     def _download(self, message: ServerMessage) -> Download | None:
@@ -201,6 +231,7 @@ class Custody:
 
     def store_failed(self, message: ServerMessage, error: Pop3IngestError) -> None:
         self._run.ledger.fail(message, str(error))
+        self._release_twins(message)
         self.refuse_quit("a retrieved message could not be stored")
 
     def batch_failed(self, batch: list[Stored], error: AnnounceError) -> None:
@@ -209,6 +240,7 @@ class Custody:
         for stored in batch:
             # The queue failing is not the message's fault: no poison count.
             ledger.fail(stored.message, str(error), poison=False)
+            self._release_twins(stored.message)
         self.refuse_quit("a pointer could not be sent")
 
     def batch_sent(self, batch: list[Stored], rejected: set[int]) -> None:
@@ -216,6 +248,7 @@ class Custody:
         for index, stored in enumerate(batch):
             if index in rejected:
                 self._run.ledger.fail(stored.message, "SQS rejected the pointer")
+                self._release_twins(stored.message)
                 self.refuse_quit("a pointer was rejected")
             else:
                 self._announced(stored)
@@ -229,9 +262,16 @@ class Custody:
         if message.unique:
             state.seen[uidl_digest(message.uidl)] = Seen(size=message.size, sha256=sha256)
         else:
-            state.seen_content[sha256] = time.time()
+            state.remember_content(sha256, time.time())
         if self._run.options.delete:
             self._window.queue_delete(message, sha256)
+        for twin in self._twins.decided(message):
+            self._proven(twin)
+
+    def _release_twins(self, first: ServerMessage) -> None:
+        """The first copy failed: its twins stay unconfirmed (no QUIT), and on the server."""
+        for twin in self._twins.decided(first):
+            self._buffers.release(twin)
 
 
 class SessionRun:

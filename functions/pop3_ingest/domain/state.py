@@ -11,10 +11,18 @@ The document is memory, never proof: whatever it says, a message is deleted
 only once its bytes in the current session are proven stored. A document that
 does not validate field by field is damaged (``StateDamaged``) and the caller
 sets it aside and starts from an empty state.
+
+It stays small whatever the mail volume: the tables that grow with mail are
+written compactly (digests in base64url, entries as arrays; version 4), and a
+deletion is remembered only while it can still matter (see ``forget_absent``).
+Forgetting can cost a pointer sent twice, never a message: proof before DELE
+compares the bytes' full SHA-256 with the one remembered, and no entry is
+shortened.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import math
@@ -25,9 +33,24 @@ from typing import Any, TypeVar
 
 from pop3_ingest.errors import StateDamaged
 
-STATE_VERSION = 3
-DELETED_MEMORY_SECONDS = 30 * 24 * 3600  # how long a committed deletion is remembered
-_MAX_DELETED = 100_000  # bound of each time-keyed table (deleted, seen_content)
+STATE_VERSION = 4
+_DAY = 24 * 3600
+# A committed deletion of a message no longer listed is remembered at least
+# this long, and at most this many of them (the newest). One still listed (a
+# server that ignores DELE) is remembered as long as it is listed.
+DELETED_MEMORY_SECONDS = 3 * _DAY
+DELETED_MEMORY_ENTRIES = 1_000
+# Content announced without a unique UIDL is what keep mode knows such a
+# message by: remembered this long after it was last seen.
+CONTENT_MEMORY_SECONDS = 30 * _DAY
+# Memories are forgotten in steps (a day's worth, a quarter of the entries), so
+# that a run with nothing new seldom has anything to write either.
+FORGET_STEP_SECONDS = _DAY
+_MAX_ENTRIES = 100_000  # bound of each time-keyed table (deleted, seen_content) whatever else
+# A state left unchanged is still rewritten this often: RetentionDays expires
+# every object under KEY_PREFIX some days after its last write, the state too,
+# and its memory of kept messages must not go with it.
+REWRITE_AFTER_SECONDS = 12 * 3600
 MAX_ERROR_CHARS = 500  # a failure's remembered error text
 # A lease runs to the end of the Lambda's remaining time plus this, so the
 # hosts' clocks may disagree by a few seconds without two runs overlapping.
@@ -54,7 +77,7 @@ class Seen:
 
 @dataclass(frozen=True)
 class Deleted:
-    """A committed deletion, remembered DELETED_MEMORY_SECONDS."""
+    """A committed deletion (see ``MailboxState.forget_absent`` for how long)."""
 
     at: float
     size: int
@@ -73,13 +96,14 @@ class Failure:
 class MailboxState:
     seen: dict[str, Seen] = field(default_factory=dict)  # uidl_digest -> what was announced
     deleted: dict[str, Deleted] = field(default_factory=dict)  # uidl_digest -> committed DELE
-    # SHA-256 of a message announced in keep mode without a unique UIDL -> when.
+    # SHA-256 of a message announced without a unique UIDL -> when last seen.
     seen_content: dict[str, float] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)  # 40-hex digest (the core's)
     quarantined: dict[str, Failure] = field(default_factory=dict)
     auth_failures: int = 0
     auth_fingerprint: str | None = None
     busy_streak: int = 0
+    unreachable_streak: int = 0  # runs in a row that could not connect (ConnectError)
     backoff_until: float = 0.0
     last_attempt: float = 0.0
     last_completed: float = 0.0
@@ -108,19 +132,56 @@ class MailboxState:
         """An operator lets a quarantined message be tried again."""
         return self.quarantined.pop(digest, None) is not None
 
+    def remember_content(self, sha256: str, now: float) -> None:
+        """Content announced without a unique UIDL, or seen again, remembered as of ``now``.
+
+        Seen again within FORGET_STEP_SECONDS of its remembered time, the time
+        stays: a run that only saw known mail again has nothing to write.
+        """
+        last = self.seen_content.get(sha256)
+        if last is None or now - last >= FORGET_STEP_SECONDS:
+            self.seen_content[sha256] = now
+
     def forget_absent(self, present: set[str], now: float, *, complete: bool) -> None:
         """Drop what no longer applies: messages gone from the server, old memories.
 
         Only a complete listing proves a message gone: a capped one (Gmail
-        offers about 250) says nothing about the rest of the mailbox.
+        offers about 250) says nothing about the rest of the mailbox. A
+        deletion whose message is still listed (a server that ignores DELE) is
+        kept, or that message would be announced again on every run. Any other
+        deletion only guards against its message coming back later, when a
+        forgotten one costs a repeated pointer: the newest
+        DELETED_MEMORY_ENTRIES of them are kept DELETED_MEMORY_SECONDS.
         """
         if complete:
             for table in (self.seen, self.failures, self.quarantined):
                 for digest in [d for d in table if d not in present]:
                     del table[digest]
-        cutoff = now - DELETED_MEMORY_SECONDS
-        _expire(self.deleted, lambda entry: entry.at, cutoff)
-        _expire(self.seen_content, lambda at: at, cutoff)
+        gone = [digest for digest in self.deleted if digest not in present]
+        _forget_oldest(
+            self.deleted,
+            gone,
+            _deleted_at,
+            now,
+            seconds=DELETED_MEMORY_SECONDS,
+            entries=DELETED_MEMORY_ENTRIES,
+        )
+        _forget_oldest(self.deleted, list(self.deleted), _deleted_at, now, entries=_MAX_ENTRIES)
+        _forget_oldest(
+            self.seen_content,
+            list(self.seen_content),
+            lambda at: at,
+            now,
+            seconds=CONTENT_MEMORY_SECONDS,
+            entries=_MAX_ENTRIES,
+        )
+
+    def worth_saving_over(self, base: MailboxState) -> bool:
+        """Whether writing this state over ``base`` is worth an S3 PUT: more than the
+        run times changed, or ``base`` was written REWRITE_AFTER_SECONDS before this run."""
+        if self.last_attempt - base.last_attempt >= REWRITE_AFTER_SECONDS:
+            return True
+        return any(getattr(self, name) != getattr(base, name) for name in _MEMORY_FIELDS)
 
     # -- one run per mailbox ---------------------------------------------------
 
@@ -163,8 +224,18 @@ class MailboxState:
     # -- serialisation ------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["version"] = STATE_VERSION
+        """The stored document (version 4; see "the stored document" below)."""
+        data: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "seen": {_b64(k): [v.size, _b64(v.sha256)] for k, v in self.seen.items()},
+            "deleted": {
+                _b64(k): [round(v.at), v.size, _b64(v.sha256)] for k, v in self.deleted.items()
+            },
+            "seen_content": {_b64(k): round(at) for k, at in self.seen_content.items()},
+            "failures": {k: asdict(v) for k, v in self.failures.items()},
+            "quarantined": {k: asdict(v) for k, v in self.quarantined.items()},
+        }
+        data.update((name, getattr(self, name)) for name in _SCALARS)
         return data
 
     def to_bytes(self) -> bytes:
@@ -181,43 +252,57 @@ class MailboxState:
 
     @classmethod
     def from_json(cls, data: object) -> MailboxState:
-        """Validate field by field; a version 2 document keeps what is still sound."""
+        """Validate field by field. Versions 2 and 3 are read too (and written as 4)."""
         if not isinstance(data, dict):
             raise StateDamaged("run state is not a JSON object")
         version = data.get("version")
-        if version == 2:
-            return _from_v2(data)
-        if version != STATE_VERSION or isinstance(version, bool):
+        reader = _READERS.get(version) if type(version) is int else None
+        if reader is None:
             raise StateDamaged(f"run state has unsupported version {version!r:.20}")
-        unknown = sorted(set(data) - _FIELD_NAMES - {"version"})
-        if unknown:
-            names = ", ".join(name[:40] for name in unknown[:5])
-            raise StateDamaged(f"run state has unknown fields: {names}")
-        return cls(
-            seen=_table(data, "seen", _DIGEST, _seen),
-            deleted=_table(data, "deleted", _DIGEST, _deleted),
-            seen_content=_table(data, "seen_content", _SHA256, _time),
-            failures=_table(data, "failures", _DIGEST, _failure),
-            quarantined=_table(data, "quarantined", _DIGEST, _failure),
-            **_scalars(data),
-        )
+        return reader(data)
 
 
 _TABLES = ("seen", "deleted", "seen_content", "failures", "quarantined")
 _LEASE = ("lease_owner", "lease_until")
 _FIELD_NAMES = frozenset(f.name for f in fields(MailboxState))
+# When runs happened, not what they found: a run that changed nothing else
+# does not write the state just for these (runs without a lease: domain/run.py).
+RUN_TIMES = frozenset({"last_attempt", "last_completed"})
+_MEMORY_FIELDS = tuple(f.name for f in fields(MailboxState) if f.name not in RUN_TIMES)
 _SCALARS = tuple(name for name in (f.name for f in fields(MailboxState)) if name not in _TABLES)
 
 V = TypeVar("V")
 
 
-def _expire(table: dict[str, V], when: Callable[[V], float], cutoff: float) -> None:
-    for key in [k for k, entry in table.items() if when(entry) < cutoff]:
+def _deleted_at(entry: Deleted) -> float:
+    return entry.at
+
+
+def _forget_oldest(
+    table: dict[str, V],
+    keys: list[str],
+    when: Callable[[V], float],
+    now: float,
+    *,
+    seconds: float = math.inf,
+    entries: int,
+) -> None:
+    """Forget those of ``keys`` older than ``seconds`` or beyond the newest ``entries``.
+
+    Only once a step past either bound (FORGET_STEP_SECONDS older, a quarter
+    more entries), so the document changes once a day or so, not on every run.
+    """
+    if not keys:
+        return
+    overdue = now - min(when(table[key]) for key in keys) > seconds + FORGET_STEP_SECONDS
+    crowded = len(keys) > entries + entries // 4
+    if not (overdue or crowded):
+        return
+    excess, cutoff = len(keys) - entries, now - seconds
+    for index, key in enumerate(sorted(keys, key=lambda k: when(table[k]))):
+        if index >= excess and when(table[key]) >= cutoff:
+            break  # oldest first: all the rest are newer and within the count
         del table[key]
-    if len(table) > _MAX_DELETED:
-        oldest = sorted(table, key=lambda k: when(table[k]))[: len(table) - _MAX_DELETED]
-        for key in oldest:
-            del table[key]
 
 
 _ABSENT = object()
@@ -274,6 +359,34 @@ def _optional(pattern: re.Pattern[str], what: str) -> Callable[[object, str], st
     return parse
 
 
+def _b64(hex_digest: str) -> str:
+    """A hex digest as base64url without padding: 27 characters for 160 bits, 43 for 256."""
+    return base64.urlsafe_b64encode(bytes.fromhex(hex_digest)).rstrip(b"=").decode()
+
+
+def _from_b64(text: object, size: int) -> str | None:
+    """The hex digest of ``size`` bytes that ``text`` is the base64url (as _b64 writes) of."""
+    if not isinstance(text, str) or len(text) != (size * 8 + 5) // 6:
+        return None
+    if not _BASE64URL.fullmatch(text):
+        return None
+    digest = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).hex()
+    return digest if _b64(digest) == text else None  # one spelling per digest
+
+
+def _sha256_b64(value: object, where: str) -> str:
+    digest = _from_b64(value, _SHA256_BYTES)
+    if digest is None:
+        raise StateDamaged(f"run state field {where}: not a SHA-256 in base64url (43 characters)")
+    return digest
+
+
+def _array(value: object, where: str, names: tuple[str, ...]) -> list[Any]:
+    if not isinstance(value, list) or len(value) != len(names):
+        raise StateDamaged(f"run state field {where}: not an array [{', '.join(names)}]")
+    return value
+
+
 def _fields(value: object, where: str, names: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise StateDamaged(f"run state field {where}: not an object")
@@ -296,6 +409,20 @@ def _deleted(value: object, where: str) -> Deleted:
     )
 
 
+def _seen_v4(value: object, where: str) -> Seen:
+    size, sha256 = _array(value, where, ("size", "sha256"))
+    return Seen(_count(size, f"{where}.size"), _sha256_b64(sha256, f"{where}.sha256"))
+
+
+def _deleted_v4(value: object, where: str) -> Deleted:
+    at, size, sha256 = _array(value, where, ("at", "size", "sha256"))
+    return Deleted(
+        _time(at, f"{where}.at"),
+        _count(size, f"{where}.size"),
+        _sha256_b64(sha256, f"{where}.sha256"),
+    )
+
+
 def _failure(value: object, where: str) -> Failure:
     raw = _fields(value, where, ("count", "error", "first_at", "last_at"))
     return Failure(
@@ -306,23 +433,36 @@ def _failure(value: object, where: str) -> Failure:
     )
 
 
+_KeyParser = Callable[[str], str | None]  # a stored key -> its hex digest, None if it is none
+_KeyRule = tuple[_KeyParser, str]  # the parser, and what a key must be (for the error)
+
+
+def _hex_key(pattern: re.Pattern[str]) -> _KeyParser:
+    return lambda key: key if pattern.fullmatch(key) else None
+
+
+def _b64_key(size: int) -> _KeyParser:
+    return lambda key: _from_b64(key, size)
+
+
 def _table(
     data: Mapping[str, object],
     name: str,
-    key_pattern: re.Pattern[str],
+    key: _KeyRule,
     parse: Callable[[object, str], V],
 ) -> dict[str, V]:
     raw = data.get(name, {})
     if not isinstance(raw, dict):
         raise StateDamaged(f"run state field {name}: not an object")
+    to_digest, what = key
     table: dict[str, V] = {}
-    for key, value in raw.items():
-        if not key_pattern.fullmatch(key):
+    for text, value in raw.items():
+        digest = to_digest(text)
+        if digest is None:
             raise StateDamaged(
-                f"run state field {name}: a key of {len(key)} characters is not a "
-                f"{key_pattern.pattern} digest"
+                f"run state field {name}: a key of {len(text)} characters is not {what}"
             )
-        table[key] = parse(value, f"{name}[{key}]")
+        table[digest] = parse(value, f"{name}[{text}]")
     return table
 
 
@@ -330,6 +470,7 @@ _SCALAR_PARSERS: dict[str, Callable[[object, str], Any]] = {
     "auth_failures": _count,
     "auth_fingerprint": _optional(_FINGERPRINT, "1-64 lowercase hex characters"),
     "busy_streak": _count,
+    "unreachable_streak": _count,
     "backoff_until": _time,
     "last_attempt": _time,
     "last_completed": _time,
@@ -342,6 +483,53 @@ def _scalars(data: Mapping[str, object], names: tuple[str, ...] = _SCALARS) -> d
     return {name: _SCALAR_PARSERS[name](data[name], name) for name in names if name in data}
 
 
+# -- the stored document ------------------------------------------------------------
+#
+# Version 4, the tables that grow with the mail compact:
+#   "seen":         {uidl digest: [size, sha256]}
+#   "deleted":      {uidl digest: [at, size, sha256]}      times in whole seconds
+#   "seen_content": {sha256: at}
+# with every digest in base64url (the UIDL digest's 160 bits, the full SHA-256);
+# "failures" and "quarantined" as in version 3 ({40-hex digest: {count, error,
+# first_at, last_at}}: few, and named like the quarantine records), and the
+# scalars by name.
+
+_SHA256_BYTES, _DIGEST_BYTES = 32, 20
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+_DIGEST_KEY_HEX = (_hex_key(_DIGEST), f"a {_DIGEST.pattern} digest")
+_SHA256_KEY_HEX = (_hex_key(_SHA256), f"a {_SHA256.pattern} digest")
+_DIGEST_KEY = (_b64_key(_DIGEST_BYTES), "a 160-bit digest in base64url (27 characters)")
+_SHA256_KEY = (_b64_key(_SHA256_BYTES), "a SHA-256 in base64url (43 characters)")
+
+
+_Reader = Callable[[Mapping[str, object]], MailboxState]
+
+
+def _memory_reader(
+    digest_key: _KeyRule,
+    sha256_key: _KeyRule,
+    seen: Callable[[object, str], Seen],
+    deleted: Callable[[object, str], Deleted],
+) -> _Reader:
+    """A reader of version 3 or 4: they hold the same memory, spelled differently."""
+
+    def read(data: Mapping[str, object]) -> MailboxState:
+        unknown = sorted(set(data) - _FIELD_NAMES - {"version"})
+        if unknown:
+            names = ", ".join(name[:40] for name in unknown[:5])
+            raise StateDamaged(f"run state has unknown fields: {names}")
+        return MailboxState(
+            seen=_table(data, "seen", digest_key, seen),
+            deleted=_table(data, "deleted", digest_key, deleted),
+            seen_content=_table(data, "seen_content", sha256_key, _time),
+            failures=_table(data, "failures", _DIGEST_KEY_HEX, _failure),
+            quarantined=_table(data, "quarantined", _DIGEST_KEY_HEX, _failure),
+            **_scalars(data),
+        )
+
+    return read
+
+
 def _from_v2(data: Mapping[str, object]) -> MailboxState:
     """Version 2 kept "size:digest-prefix" strings and bare deletion times.
 
@@ -350,7 +538,15 @@ def _from_v2(data: Mapping[str, object]) -> MailboxState:
     """
     v2_scalars = tuple(name for name in _SCALARS if name not in _LEASE)
     return MailboxState(
-        failures=_table(data, "failures", _DIGEST, _failure),
-        quarantined=_table(data, "quarantined", _DIGEST, _failure),
+        failures=_table(data, "failures", _DIGEST_KEY_HEX, _failure),
+        quarantined=_table(data, "quarantined", _DIGEST_KEY_HEX, _failure),
         **_scalars(data, v2_scalars),
     )
+
+
+_READERS: dict[int, _Reader] = {
+    2: _from_v2,
+    # Version 3: hex digests, entries as objects; all of its memory is kept.
+    3: _memory_reader(_DIGEST_KEY_HEX, _SHA256_KEY_HEX, _seen, _deleted),
+    STATE_VERSION: _memory_reader(_DIGEST_KEY, _SHA256_KEY, _seen_v4, _deleted_v4),
+}

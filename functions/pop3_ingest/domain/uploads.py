@@ -286,9 +286,17 @@ class UploadStage:
             future.add_done_callback(self._completed.put)
 
     def abandon(self, deadline: Deadline) -> None:
-        """Out of time: running uploads give up, and nothing waits long for them."""
+        """Out of time: running uploads give up, and nothing waits long for them.
+
+        Pointer batches already on their way are not waited for (a hung queue
+        must not hold the run), but those that arrived meanwhile are recorded as
+        announced, so the next run proves their messages instead of announcing
+        them again.
+        """
         self._pools.cancel()
-        running = [upload for upload in self._uploads if not upload.cancel()]
+        running: list[Future[Any]] = [u for u in self._uploads if not u.cancel()]
+        for sending in self._announces:
+            sending.cancel()  # not started yet: never sent
         # Cancelled uploads abort their multipart uploads in their own thread:
         # give them a moment, while more than a quarter of the margin is left
         # (on the deadline's own clock) for saving the state.
@@ -299,6 +307,9 @@ class UploadStage:
             and deadline.remaining_ms() / 1000 > deadline.margin_seconds / 4
         ):
             running = list(wait(running, timeout=_POLL_SECONDS).not_done)
+        for future, batch in list(self._announces.items()):
+            if future.done() and not future.cancelled():
+                self._batch_done(batch, future)
         for download in self._uploads.values():
             self._buffers.release(download)
         self._uploads.clear()

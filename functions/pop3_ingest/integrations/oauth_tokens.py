@@ -12,6 +12,13 @@ process until shortly before they expire (Lambda reuses warm processes), and
 never logged: neither the client secret, the refresh token nor an access
 token ever appears in a repr or in an error message. The secret's ``auth``
 object itself is :class:`pop3_ingest.config.OAuthSettings`.
+
+The token URL is the tenant's input like the POP3 host: its host is resolved
+once and held to the deployment's :class:`~pop3_ingest.netguard.AddressPolicy`,
+and the request goes to the addresses checked (TLS verifies the host name),
+directly: never through an HTTP(S)_PROXY, which would connect by name. Plain
+``http://`` (a local test endpoint) is refused unless private hosts are allowed.
+Redirects are never followed.
 """
 
 from __future__ import annotations
@@ -24,15 +31,13 @@ import re
 import ssl
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from pop3_ingest.config import LOOPBACK_HOSTS, OAuthSettings
+from pop3_ingest.config import OAuthSettings
 from pop3_ingest.errors import AuthError, ConnectError, TlsError
+from pop3_ingest.netguard import DEFAULT_ADDRESS_POLICY, Address, AddressPolicy, connect_tcp
 from pop3_ingest.redaction import Redactor, display_url
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -41,6 +46,12 @@ EXPIRY_MARGIN_S = 60.0
 _MAX_BODY = 1024 * 1024
 # RFC 6750 b64token: what may follow "Bearer " (and so what may enter the XOAUTH2 string).
 _BEARER_TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+_ENDPOINT_FIELD = "auth.token_url"
+_REQUEST_HEADERS = {
+    "Content-Type": "application/x-www-form-urlencoded",
+    "Accept": "application/json",
+    "User-Agent": "pop3-ingest",
+}
 
 
 def token_request_form(settings: OAuthSettings) -> dict[str, str]:
@@ -83,19 +94,52 @@ def clear_token_cache() -> None:
         _fetch_locks.clear()
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A token request is never re-sent elsewhere: a redirect is an error."""
+class _CheckedHTTPConnection(http.client.HTTPConnection):
+    """Plain HTTP to addresses already checked, never to the name looked up again."""
 
-    def redirect_request(
+    def __init__(
+        self, host: str, port: int, addresses: Sequence[Address], *, timeout: float
+    ) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._addresses = addresses
+
+    def connect(self) -> None:
+        self.sock = connect_tcp(self._addresses, self.timeout)
+
+
+class _CheckedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to addresses already checked; the certificate is verified for ``host``."""
+
+    def __init__(
         self,
-        req: urllib.request.Request,
-        fp: Any,
-        code: int,
-        msg: str,
-        headers: Any,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        return None
+        host: str,
+        port: int,
+        addresses: Sequence[Address],
+        *,
+        timeout: float,
+        context: ssl.SSLContext,
+    ) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._addresses = addresses
+        self._tls = context
+
+    def connect(self) -> None:
+        sock = connect_tcp(self._addresses, self.timeout)
+        try:
+            self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+
+
+@dataclass(frozen=True)
+class _Reach:
+    """How the token endpoint is reached: within ``timeout``, over ``context`` (TLS),
+    and only at addresses ``policy`` allows."""
+
+    timeout: float
+    context: ssl.SSLContext | None
+    policy: AddressPolicy
 
 
 class TokenProvider:
@@ -111,11 +155,11 @@ class TokenProvider:
         timeout: float = DEFAULT_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
         context: ssl.SSLContext | None = None,
+        address_policy: AddressPolicy = DEFAULT_ADDRESS_POLICY,
     ) -> None:
         self.settings = settings
-        self._timeout = timeout
         self._clock = clock
-        self._context = context
+        self._reach = _Reach(timeout, context, address_policy)
         self._key = _cache_key(settings)
         self._redactor = Redactor(settings.secret_values())
 
@@ -162,42 +206,43 @@ class TokenProvider:
         settings = self.settings
         where = f"token endpoint {display_url(settings.token_url)}"
         started = self._clock()
-        request = urllib.request.Request(  # noqa: S310 - scheme checked in from_secret
-            settings.token_url,
-            data=urllib.parse.urlencode(token_request_form(settings)).encode("ascii"),
-            method="POST",
-            headers={
-                "Content-Type": "application/x-www-form-urlencoded",
-                "Accept": "application/json",
-                "User-Agent": "pop3-ingest",
-            },
-        )
+        form = urllib.parse.urlencode(token_request_form(settings)).encode("ascii")
         try:
-            with self._opener().open(request, timeout=self._timeout) as response:
-                status = int(response.status)
-                body = response.read(_MAX_BODY)
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-            body = _read_quietly(exc)
-        except urllib.error.URLError as exc:
-            raise self._network_error(exc.reason, where) from exc
+            status, body = self._post(form)
         except (OSError, http.client.HTTPException) as exc:
             raise self._network_error(exc, where) from exc
-
         if status == 200:
             return self._parse_token(body, where, started)
         raise self._rejection(status, body, where)
 
-    def _opener(self) -> urllib.request.OpenerDirector:
-        context = self._context or _default_context()
-        handlers: list[urllib.request.BaseHandler] = [
-            _NoRedirect(),
-            urllib.request.HTTPSHandler(context=context),
-        ]
-        host = urllib.parse.urlsplit(self.settings.token_url).hostname
-        if host in LOOPBACK_HOSTS:
-            handlers.append(urllib.request.ProxyHandler({}))  # loopback never via a proxy
-        return urllib.request.build_opener(*handlers)
+    def _post(self, form: bytes) -> tuple[int, bytes]:
+        """The token request, to the addresses the policy allowed; the answer as it
+        came (a redirect is not followed: the client secret goes nowhere else)."""
+        url = urllib.parse.urlsplit(self.settings.token_url)
+        connection = self._connection(url)
+        try:
+            target = url.path or "/"
+            if url.query:
+                target += "?" + url.query
+            connection.request("POST", target, body=form, headers=_REQUEST_HEADERS)
+            response = connection.getresponse()
+            return response.status, response.read(_MAX_BODY)
+        finally:
+            connection.close()
+
+    def _connection(self, url: urllib.parse.SplitResult) -> http.client.HTTPConnection:
+        host = url.hostname or ""  # from_secret requires one
+        policy = self._reach.policy
+        if url.scheme != "https":
+            policy.check_plain_http(host, _ENDPOINT_FIELD)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        addresses = policy.addresses(host, port, field=_ENDPOINT_FIELD)
+        if url.scheme != "https":
+            return _CheckedHTTPConnection(host, port, addresses, timeout=self._reach.timeout)
+        context = self._reach.context or _default_context()
+        return _CheckedHTTPSConnection(
+            host, port, addresses, timeout=self._reach.timeout, context=context
+        )
 
     def _network_error(self, reason: object, where: str) -> Exception:
         if isinstance(reason, ssl.SSLCertVerificationError):
@@ -205,7 +250,7 @@ class TokenProvider:
         if isinstance(reason, ssl.SSLError):
             return TlsError(f"TLS handshake with {where} failed: {reason.reason or reason}")
         if isinstance(reason, TimeoutError):
-            return ConnectError(f"{where} did not answer within {self._timeout:g}s")
+            return ConnectError(f"{where} did not answer within {self._reach.timeout:g}s")
         if isinstance(reason, OSError):
             text = reason.strerror or str(reason) or type(reason).__name__
         else:
@@ -258,15 +303,6 @@ def _default_context() -> ssl.SSLContext:
     context = ssl.create_default_context()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
-
-
-def _read_quietly(exc: urllib.error.HTTPError) -> bytes:
-    try:
-        return exc.read(_MAX_BODY)
-    except (OSError, http.client.HTTPException):
-        return b""
-    finally:
-        exc.close()
 
 
 def _oauth_error(body: bytes) -> tuple[str | None, str | None]:

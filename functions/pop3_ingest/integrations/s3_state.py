@@ -4,7 +4,7 @@ Every state write is conditional on the ETag last read or written
 (``If-Match``; ``If-None-Match: *`` while there is none). A writer that lost
 the race reads the document again and merges its own changes onto it: it never
 overwrites another writer's. The same conditional write takes the mailbox's
-lease at the start of a run.
+lease at the start of a run that takes one (Mode single).
 
 Every call is bounded by the run's deadline. The SDK's timeouts bound each
 socket operation, not a whole call (a server that drips its answer never trips
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # A document this large is not a run state (100,000 remembered deletions are
-# about 15 MB): it is set aside unread rather than loaded into memory.
+# about 10 MB): it is set aside unread rather than loaded into memory.
 _MAX_STATE_BYTES = 64 * 1024 * 1024
 # Conditional writes that lose the race are merged and tried again this often;
 # S3 may also answer 409 while another write to the key is in flight.
@@ -142,7 +142,8 @@ class S3StateStore:
                 ),
             )
         except (ClientError, BotoCoreError, StoreError) as exc:
-            # The bucket is versioned: the damaged version stays recoverable there.
+            # The bucket is versioned: the damaged version stays recoverable there
+            # for a day (when the state's old versions expire).
             logger.error(
                 "damaged run state could not be copied aside",
                 extra={"key": key, "error": str(exc)},

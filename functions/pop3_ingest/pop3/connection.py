@@ -7,7 +7,8 @@ that starts with ``+`` for success, its socket timeout bounds one read rather
 than an answer, and it has no AUTH. :class:`Pop3Connection` subclasses it to:
 
 - create the socket (TCP, or implicit TLS as ``POP3_SSL`` does) within the
-  run's time left;
+  run's time left, to the addresses already resolved and checked
+  (:mod:`pop3_ingest.netguard`), never to the name looked up again;
 - read through one buffered reader whose raw reads keep the current answer's
   clock (:mod:`pop3_ingest.pop3.limits`): RETR streams from it, and pipelined
   answers wait in it for whoever reads them next;
@@ -31,10 +32,11 @@ import poplib
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, cast
 
 from pop3_ingest.errors import ConnectError, ConnectionLost, SessionOutOfStep
+from pop3_ingest.netguard import Address, connect_tcp
 from pop3_ingest.pop3.limits import READ_BLOCK, AnswerClock, TransferLimits
 from pop3_ingest.redaction import Redactor, credential_refusal
 
@@ -91,10 +93,14 @@ class Pop3Connection(poplib.POP3):
         port: int,
         limits: TransferLimits,
         *,
+        addresses: Sequence[Address],
         tls_context: ssl.SSLContext | None = None,
         secrets: Secrets = tuple,
     ) -> None:
+        """``host`` is the name TLS verifies; ``addresses`` are where it was resolved to
+        (and checked): the only ones connected to."""
         self.limits = limits
+        self._addresses = tuple(addresses)
         self.label = "greeting"  # what is being read, for error messages
         self.clock = limits.clock(self.label)
         self.in_step = True
@@ -113,7 +119,7 @@ class Pop3Connection(poplib.POP3):
             raise
 
     def _create_socket(self, timeout: float) -> socket.socket:
-        return _open_socket(self.host, self.port, self.limits, self._tls_context)
+        return _open_socket(self.host, self.port, self._addresses, self.limits, self._tls_context)
 
     # -- reading --------------------------------------------------------------------
 
@@ -314,13 +320,18 @@ def refusal_text(exc: poplib.error_proto, secrets: Iterable[str | bytes]) -> str
 
 
 def _open_socket(
-    host: str, port: int, limits: TransferLimits, tls_context: ssl.SSLContext | None
+    host: str,
+    port: int,
+    addresses: Sequence[Address],
+    limits: TransferLimits,
+    tls_context: ssl.SSLContext | None,
 ) -> socket.socket:
-    """TCP connect and TLS handshake, each within the run's time left; the greeting
-    is read next, under a clock that keeps to it as well."""
+    """TCP connect to ``addresses`` and TLS handshake with ``host`` (the name the
+    certificate must carry), each within the run's time left; the greeting is read
+    next, under a clock that keeps to it as well."""
     where = f"{host}:{port}"
     with _cut_off(limits, where, "connecting to") as wait:
-        sock = socket.create_connection((host, port), wait)
+        sock = connect_tcp(addresses, wait)
     try:
         # Pipelined commands are small writes; without this, Nagle's algorithm
         # holds each one back for a round trip, and the window drains.
@@ -344,7 +355,7 @@ def _cut_off(limits: TransferLimits, where: str, step: str) -> Iterator[float]:
     try:
         yield wait
     except TimeoutError as exc:
-        if wait < limits.timeout:
+        if wait < limits.connect_limit:
             raise ConnectError(f"{step} {where}: cut off, the run is out of time") from exc
         raise
 

@@ -75,6 +75,13 @@ class TransferLimits:
     min_rate: float = DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND
     # Seconds left before reads must give up whatever they are reading.
     time_left: Callable[[], float] | None = None
+    # TCP connect and TLS handshake, each (CONNECT_TIMEOUT_SECONDS); None: ``timeout``.
+    connect_timeout: float | None = None
+
+    @property
+    def connect_limit(self) -> float:
+        """How long one connect step may take when the run has time enough."""
+        return self.timeout if self.connect_timeout is None else self.connect_timeout
 
     def clock(self, what: str, *, size: int | None = None) -> AnswerClock:
         """A command's answer (``size`` None) or a message/listing of ``size`` bytes."""
@@ -86,10 +93,10 @@ class TransferLimits:
         )
 
     def connect_wait(self, where: str) -> float:
-        """How long the next connect step may take: the timeout, or less if the run ends first."""
+        """How long the next connect step may take: its limit, or less if the run ends first."""
         if self.time_left is None:
-            return self.timeout
+            return self.connect_limit
         left = self.time_left()
         if left <= 0:
             raise ConnectError(f"no time left to connect to {where}: the run's cut-off is reached")
-        return min(self.timeout, left)
+        return min(self.connect_limit, left)

@@ -1,5 +1,9 @@
 """From nothing to a logged-in connection: connect, TLS, CAPA, and the login.
 
+The secret's host is resolved once and its addresses checked against the
+deployment's :class:`~pop3_ingest.netguard.AddressPolicy` before any connect;
+the connection goes to those addresses, and TLS verifies the host name.
+
 TLS is implicit (from the first byte), STARTTLS (RFC 2595) or none. With
 STARTTLS the wire carries CAPA, STLS, then CAPA again under TLS, as the
 capabilities may change; a server that does not offer STLS is refused before
@@ -24,6 +28,7 @@ from pop3_ingest.errors import (
     TlsError,
 )
 from pop3_ingest.integrations.oauth_tokens import TokenProvider
+from pop3_ingest.netguard import AddressPolicy
 from pop3_ingest.pop3.auth import (
     SaslRejected,
     auth_plain,
@@ -75,15 +80,25 @@ def tls_context(config: MailboxConfig) -> ssl.SSLContext:
 
 
 def connect(
-    config: MailboxConfig, limits: TransferLimits, secrets: SessionSecrets
+    config: MailboxConfig,
+    limits: TransferLimits,
+    secrets: SessionSecrets,
+    address_policy: AddressPolicy,
 ) -> Pop3Connection:
-    """TCP, TLS when implicit, and the greeting; any failure is a ConnectError,
+    """The host resolved and checked, then TCP, TLS when implicit, and the greeting;
+    any failure is a ConnectError (AddressRefused for a host the policy refuses),
     a TlsError, or MailboxBusy when the greeting says so."""
     where = f"{config.host}:{config.port}"
     context = tls_context(config) if config.tls is TlsMode.IMPLICIT else None
     try:
+        addresses = address_policy.addresses(config.host, config.port, field="host")
         return Pop3Connection(
-            config.host, config.port, limits, tls_context=context, secrets=secrets
+            config.host,
+            config.port,
+            limits,
+            addresses=addresses,
+            tls_context=context,
+            secrets=secrets,
         )
     except ssl.SSLCertVerificationError as exc:
         raise TlsError(f"TLS certificate of {where} not trusted: {exc.verify_message}") from exc
@@ -119,10 +134,16 @@ def log_in(
     config: MailboxConfig,
     capabilities: Capabilities,
     secrets: SessionSecrets,
+    address_policy: AddressPolicy,
 ) -> None:
     """USER/PASS, AUTH PLAIN or AUTH XOAUTH2. A refusal is AuthError, or MailboxBusy for
-    [IN-USE], [LOGIN-DELAY] and [SYS/TEMP]; a refused token is not used again."""
-    tokens = TokenProvider(config.oauth) if config.oauth is not None else None
+    [IN-USE], [LOGIN-DELAY] and [SYS/TEMP]; a refused token is not used again. The
+    token URL is held to ``address_policy`` as the host is."""
+    tokens = (
+        TokenProvider(config.oauth, address_policy=address_policy)
+        if config.oauth is not None
+        else None
+    )
     try:
         with connection.step("login"):
             _send_credentials(connection, config, capabilities, secrets, tokens)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pop3_ingest.config import DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND, MailboxConfig
 from pop3_ingest.domain.message import ServerMessage
 from pop3_ingest.errors import ConnectionLost, Pop3Error, ProtocolError, SessionOutOfStep
+from pop3_ingest.netguard import DEFAULT_ADDRESS_POLICY, AddressPolicy
 from pop3_ingest.pop3 import listing
 from pop3_ingest.pop3.connection import Pop3Connection, refusal_text
 from pop3_ingest.pop3.limits import TransferLimits
@@ -47,9 +48,14 @@ class Pop3Mailbox:
         *,
         min_bytes_per_second: float = DEFAULT_MIN_TRANSFER_BYTES_PER_SECOND,
         time_left: Callable[[], float] | None = None,
+        connect_timeout: float | None = None,
+        address_policy: AddressPolicy = DEFAULT_ADDRESS_POLICY,
     ) -> None:
+        """``address_policy``: where the secret's host and token URL may lead
+        (the deployment's ALLOW_PRIVATE_HOSTS; public addresses only by default)."""
         self._config = config
-        self._limits = TransferLimits(timeout, min_bytes_per_second, time_left)
+        self._address_policy = address_policy
+        self._limits = TransferLimits(timeout, min_bytes_per_second, time_left, connect_timeout)
         self._secrets = SessionSecrets(config)
         self._connection: Pop3Connection | None = None
         self.capabilities: dict[str, list[str]] = {}
@@ -60,10 +66,12 @@ class Pop3Mailbox:
     # -- session life cycle -------------------------------------------------
 
     def __enter__(self) -> Pop3Mailbox:
-        connection = self._connection = connect(self._config, self._limits, self._secrets)
+        connection = self._connection = connect(
+            self._config, self._limits, self._secrets, self._address_policy
+        )
         try:
             self.capabilities = secure(connection, self._config)
-            log_in(connection, self._config, self.capabilities, self._secrets)
+            log_in(connection, self._config, self.capabilities, self._secrets, self._address_policy)
         except BaseException:
             self._close_quietly()
             raise

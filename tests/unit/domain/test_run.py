@@ -26,7 +26,12 @@ from pop3_ingest.domain.run import (
     lease_owner,
     run_mailbox,
 )
-from pop3_ingest.domain.state import LEASE_MARGIN_SECONDS, Failure, MailboxState
+from pop3_ingest.domain.state import (
+    LEASE_MARGIN_SECONDS,
+    REWRITE_AFTER_SECONDS,
+    Failure,
+    MailboxState,
+)
 from pop3_ingest.domain.summary import RunSummary, StopReason
 from pop3_ingest.errors import (
     AuthError,
@@ -59,6 +64,7 @@ class Version:
 
     state: MailboxState
     number: int
+    damaged: str | None = None  # the stored document was set aside and read as empty
 
 
 class MemoryStates:
@@ -68,7 +74,9 @@ class MemoryStates:
         self.stored: dict[str, Version] = {}
         self.quarantine: dict[str, dict[str, Any]] = {}
         self.writes = 0
+        self.leases = 0  # leases written
         self.failing = False  # every write raises StoreError (the deadline came first)
+        self.damaged: str | None = None  # the next read finds a damaged document
         self.after_read: Callable[[], None] = lambda: None
 
     def state(self, mailbox: str = MAILBOX) -> MailboxState:
@@ -82,6 +90,9 @@ class MemoryStates:
     def read(self, mailbox: str) -> Version:
         found = self.stored.get(mailbox, Version(MailboxState(), 0))
         self.after_read()
+        if self.damaged is not None:
+            damaged, self.damaged = self.damaged, None
+            return Version(MailboxState(), found.number, damaged)
         return Version(found.state.copy(), found.number)
 
     def take_lease(
@@ -93,6 +104,7 @@ class MemoryStates:
             return None
         leased = latest.state.copy()
         leased.lease_owner, leased.lease_until = owner, until
+        self.leases += 1
         return self.put(leased, mailbox)
 
     def write(self, mailbox: str, state: MailboxState, base: Version) -> Version:
@@ -186,7 +198,14 @@ class World:
         self.reloads += 1
         return self.current_secret
 
-    def run(self, cached: MailboxConfig | None = None, owner: str = OWNER) -> RunOutcome:
+    def run(
+        self,
+        cached: MailboxConfig | None = None,
+        owner: str = OWNER,
+        *,
+        take_lease: bool = True,
+        paced_by_schedule: bool = False,
+    ) -> RunOutcome:
         ports: RunPorts[Version] = RunPorts(
             states=self.states,
             reload_secret=self.reload_secret,
@@ -196,7 +215,14 @@ class World:
             clock=lambda: self.now,
         )
         config = cached or self.current_secret
-        return run_mailbox(config, ports, owner=owner, auth_failure_limit=LIMIT)
+        return run_mailbox(
+            config,
+            ports,
+            owner=owner,
+            auth_failure_limit=LIMIT,
+            take_lease=take_lease,
+            paced_by_schedule=paced_by_schedule,
+        )
 
     def stopped(self, cached: MailboxConfig | None = None) -> StopReason:
         return self.run(cached).summary.stopped
@@ -536,6 +562,18 @@ def test_a_mailbox_with_an_interval_is_skipped_until_it_is_due(world: World) -> 
     assert world.stopped() is StopReason.COMPLETED
 
 
+def test_a_mailbox_paced_by_its_own_schedule_is_never_skipped_as_not_due(world: World) -> None:
+    # A flexible window can bring two ticks of a 60-minute schedule 30 minutes apart.
+    world.current_secret = secret(interval_minutes=60)
+    for minutes in (0, 30, 45):
+        world.now = START + minutes * 60
+        outcome = world.run(take_lease=False, paced_by_schedule=True)
+        assert outcome.summary.stopped is StopReason.COMPLETED
+    assert len(world.server.logins) == 3
+    world.now = START + 46 * 60
+    assert world.stopped() is StopReason.NOT_DUE  # the same mailbox, not scheduled
+
+
 def test_a_mailbox_without_an_interval_runs_every_time(world: World) -> None:
     for _ in range(3):
         assert world.stopped() is StopReason.COMPLETED
@@ -586,3 +624,96 @@ def test_a_quarantined_message_gets_a_record_an_operator_can_read(world: World) 
     assert record["failures"] == failure.count
     assert record["error"] == failure.error
     assert record["first_failed_at"] < record["quarantined_at"]
+
+
+# -- runs kept apart by their trigger (Mode fleet): no lease, writes only when worth it --
+
+
+def fleet_run(world: World) -> RunOutcome:
+    return world.run(take_lease=False)
+
+
+def an_earlier_fleet_run(world: World) -> None:
+    """The mailbox as a first run leaves it (which writes: there was no state yet)."""
+    fleet_run(world)
+    world.states.writes = 0
+    world.now += 300
+
+
+def test_without_a_lease_a_run_with_nothing_new_writes_nothing(world: World) -> None:
+    an_earlier_fleet_run(world)
+    before = world.states.state().copy()
+    assert fleet_run(world).summary.stopped is StopReason.COMPLETED
+    assert len(world.server.logins) == 2
+    assert world.states.writes == 0
+    assert world.states.leases == 0
+    assert world.states.state() == before
+
+
+def test_without_a_lease_what_a_run_changed_is_written_once(world: World) -> None:
+    an_earlier_fleet_run(world)
+
+    def new_mail(core: Core) -> None:
+        core.state.seen_content["a" * 64] = world.now
+
+    world.server.during_run = new_mail
+    fleet_run(world)
+    ((holder, _),) = world.server.lease_seen[1:]
+    assert holder is None  # no lease was taken for the run
+    assert (world.states.writes, world.states.leases) == (1, 0)
+    saved = world.states.state()
+    assert "a" * 64 in saved.seen_content
+    assert saved.last_attempt == world.now  # written along with the change
+
+
+def test_without_a_lease_a_live_lease_of_another_run_is_still_honoured(world: World) -> None:
+    leased_to(world, "run-other", START + 60)
+    assert fleet_run(world).summary.stopped is StopReason.LOCKED
+    assert world.server.logins == []
+    assert world.states.state().lease_owner == "run-other"
+
+
+def test_without_a_lease_an_unchanged_state_is_still_rewritten_twice_a_day(
+    world: World,
+) -> None:
+    an_earlier_fleet_run(world)
+    world.now += REWRITE_AFTER_SECONDS - 300 - 1
+    fleet_run(world)
+    assert world.states.writes == 0
+    world.now += 1 + 300
+    fleet_run(world)
+    assert world.states.writes == 1
+    assert world.states.state().last_attempt == world.now
+
+
+def test_without_a_lease_a_damaged_state_is_replaced_even_when_nothing_changed(
+    world: World,
+) -> None:
+    an_earlier_fleet_run(world)
+    world.states.damaged = "run state is not JSON"
+    fleet_run(world)
+    assert world.states.writes == 1  # else it is set aside again on every run
+
+
+@pytest.mark.parametrize(
+    ("script", "raised"),
+    [
+        ({"busy_code": "IN-USE"}, None),
+        ({"password": "changed-on-the-server"}, AuthError),
+        ({"error": ConnectError("cannot connect")}, ConnectError),
+    ],
+    ids=["busy", "auth", "connect"],
+)
+def test_without_a_lease_what_a_failed_run_learned_is_written_once(
+    world: World, script: dict[str, Any], raised: type[Exception] | None
+) -> None:
+    an_earlier_fleet_run(world)
+    for name, value in script.items():
+        setattr(world.server, name, value)
+    if raised is None:
+        fleet_run(world)
+    else:
+        with pytest.raises(raised):
+            fleet_run(world)
+    assert (world.states.writes, world.states.leases) == (1, 0)
+    assert world.states.state().lease_owner is None

@@ -46,11 +46,12 @@ def no_stored_object_is_ever_overwritten(bucket: ModelBucket) -> None:
     the bytes of its first write (the model refuses overwrites as S3 does with
     If-None-Match; this checks the refusals held and no write slipped through)."""
     accepted: dict[str, str] = {}
-    for attempt in bucket.attempts:
+    attempts, objects = bucket.snapshot()
+    for attempt in attempts:
         if attempt.accepted:
             assert attempt.key not in accepted, f"{attempt.key} written twice"
             accepted[attempt.key] = attempt.sha256
-    for key, blob in bucket.objects.items():
+    for key, blob in objects.items():
         assert hashlib.sha256(blob.data).hexdigest() == accepted.get(key), (
             f"{key} holds bytes other than those first written"
         )

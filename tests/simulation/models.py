@@ -181,6 +181,12 @@ class ModelBucket:
             self.attempts.append(WriteAttempt(key, digest, True, None))
             return True
 
+    def snapshot(self) -> tuple[list[WriteAttempt], dict[str, StoredBlob]]:
+        """Attempts and objects as of one moment: an upload the core abandoned at
+        its cut-off may still finish in its own thread while the invariants read."""
+        with self._lock:
+            return list(self.attempts), dict(self.objects)
+
     def head(self, key: str) -> StoredBlob | None:
         self._call("stored_object", key)
         with self._lock:

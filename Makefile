@@ -11,7 +11,7 @@ VENV ?= .venv
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SOURCES := functions cli tests scripts benchmarks
+SOURCES := functions cli tests scripts benchmarks examples
 
 # `sam build` needs an interpreter matching the function runtime on PATH.
 LAMBDA_PYTHON := 3.12
@@ -26,7 +26,7 @@ endif
 
 DOVECOT_PACKAGES := dovecot-core dovecot-pop3d openssl
 
-.PHONY: help venv deps deps-system lint typecheck security audit lock template test unit demo fmt clean distclean
+.PHONY: help venv deps deps-system lint typecheck security audit lock template test test-runtime unit demo fmt clean distclean
 
 help:
 	@cat <<'EOF'
@@ -36,7 +36,8 @@ help:
 	make lint         ruff check + ruff format --check
 	make typecheck    mypy (strict)
 	make template     cfn-lint, sam validate --lint, checkov (both Modes), sam build (offline) + artifact check
-	make test         deps + lint + typecheck + security + template + pytest (everything)
+	make test         deps + lint + typecheck + security + template + test-runtime + pytest (everything)
+	make test-runtime tests/unit on python$(LAMBDA_PYTHON), the function's runtime (skipped, and said so, without it)
 	make security     bandit on functions/ + vulnerability scan of requirements.lock
 	make lock         re-pin requirements.lock from pyproject.toml (uv)
 	make unit         pytest tests/unit
@@ -105,6 +106,8 @@ typecheck: venv
 template: venv
 	@echo "template: cfn-lint, sam validate --lint, checkov (Mode single and fleet), sam build -> $(SAM_BUILD_DIR)"
 	"$(BIN)/cfn-lint" template.yaml
+	# The Powertools layer the template resolves is the release requirements.lock pins.
+	"$(BIN)/python" scripts/check_powertools_layer.py
 	"$(BIN)/sam" validate --lint --region "$(SAM_REGION)" --template-file template.yaml
 	# checkov pins boto3/botocore far below the project's own, so it gets a venv
 	# of its own. Skipped checks carry their reason in template.yaml (docs/security.md).
@@ -127,14 +130,7 @@ template: venv
 	  { echo "template: could not make the Mode=fleet copy for checkov" >&2; exit 1; }
 	"$$checkov_venv/bin/checkov" --file "$$fleet_dir/template-fleet.yaml" --framework cloudformation \
 	  --skip-download --compact --quiet
-	runtime_python=
-	for candidate in "$$(command -v python$(LAMBDA_PYTHON) 2>/dev/null || true)" \
-	    "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/$(LAMBDA_PYTHON).*/bin/python$(LAMBDA_PYTHON); do
-	  if [ -n "$$candidate" ] && [ -x "$$candidate" ] && "$$candidate" -c '' 2>/dev/null; then
-	    runtime_python=$$candidate
-	    break
-	  fi
-	done
+	runtime_python=$$(bash scripts/runtime_python.sh $(LAMBDA_PYTHON) || true)
 	if [ -z "$$runtime_python" ]; then
 	  echo "template: sam build needs python$(LAMBDA_PYTHON) (the function runtime) on PATH;" \
 	       "install it, e.g. 'pyenv install $(LAMBDA_PYTHON)'." >&2
@@ -145,8 +141,33 @@ template: venv
 	# The artifact holds the Lambda package only: no CLI, no tests.
 	"$(BIN)/python" scripts/check_artifact.py "$(SAM_BUILD_DIR)"
 
-test: deps lint typecheck security template
+test: deps lint typecheck security template test-runtime
 	"$(BIN)/python" -m pytest
+
+# The function runs on python$(LAMBDA_PYTHON) (the template's Runtime), the suite on the venv's
+# Python: the unit tests run on the runtime's too, in a venv of their own with the locked
+# versions. Without that interpreter they are skipped, and the line says so: uv could
+# download one, but from GitHub, which a machine that reaches only the package index cannot.
+RUNTIME_VENV := .venv-py$(subst .,,$(LAMBDA_PYTHON))
+# What tests/unit imports besides the project and its own dependencies (setuptools and
+# wheel: a test builds the CLI's wheel offline).
+RUNTIME_TEST_PACKAGES := pytest pytest-timeout hypothesis "moto[server]" setuptools wheel
+
+test-runtime: venv
+	if ! runtime_python=$$(bash scripts/runtime_python.sh $(LAMBDA_PYTHON)); then
+	  echo "test-runtime: SKIPPED: no python$(LAMBDA_PYTHON) (the function's runtime) here;" \
+	       "install it (e.g. 'pyenv install $(LAMBDA_PYTHON)') to run tests/unit on it too"
+	  exit 0
+	fi
+	stamp="$(RUNTIME_VENV)/.installed"
+	if [ ! -f "$$stamp" ] || [ requirements.lock -nt "$$stamp" ] || [ pyproject.toml -nt "$$stamp" ]; then
+	  "$(BIN)/uv" venv --quiet --seed --allow-existing --python "$$runtime_python" "$(RUNTIME_VENV)"
+	  "$(BIN)/uv" pip install --quiet --python "$(RUNTIME_VENV)/bin/python" \
+	    --constraint requirements.lock -e . $(RUNTIME_TEST_PACKAGES)
+	  touch "$$stamp"
+	fi
+	echo "test-runtime: tests/unit on $$("$(RUNTIME_VENV)/bin/python" --version)"
+	"$(RUNTIME_VENV)/bin/python" -m pytest -q -p no:cacheprovider tests/unit
 
 # Security lint of the function's code, and a vulnerability scan of the lock.
 security: venv
@@ -176,7 +197,7 @@ clean:
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf "$(VENV)"
+	rm -rf "$(VENV)" "$(RUNTIME_VENV)"
 
 # -- benchmark (issue 3): kept out of `make test`, whose smoke run needs none of this --
 BENCH_PACKAGES := getmail6 fetchmail time

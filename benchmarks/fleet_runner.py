@@ -23,6 +23,8 @@ Lambda would bill; where it cannot, the process runs unthrottled and says so
 
 from __future__ import annotations
 
+import concurrent.futures.thread as thread_pool
+import cProfile
 import importlib
 import io
 import json
@@ -160,12 +162,18 @@ class _Child:
         self.printed.seek(0)
         self.printed.truncate()
         error = result = None
+        profile = _profiler()
         cpu, wall = time.process_time(), time.monotonic()
         try:
-            result = function(command["event"], context)
+            if profile is None:
+                result = function(command["event"], context)
+            else:
+                result = profile.runcall(function, command["event"], context)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:1000]
         wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+        if profile is not None:
+            _save_profile(profile, str(command["handler"]))
         return {
             "result": result,
             "error": error,
@@ -174,6 +182,38 @@ class _Child:
             "import_s": import_s,
             "printed": printed_output(self.printed.getvalue()),
         }
+
+
+def _profiler() -> cProfile.Profile | None:
+    """A profiler per invocation when BENCH_PROFILE_DIR names a directory (where
+    the CPU of a run goes: `python -m pstats` on the files). Work on pool threads
+    (mailboxes side by side, uploads) gets a profile per work item."""
+    if not os.environ.get("BENCH_PROFILE_DIR"):
+        return None
+    _profile_pool_work()
+    return cProfile.Profile(time.thread_time)
+
+
+def _profile_pool_work() -> None:
+    work_item: Any = thread_pool._WorkItem
+    if getattr(work_item, "profiled", False):
+        return
+    plain_run = work_item.run
+
+    def profiled_run(self: Any) -> None:
+        profile = cProfile.Profile(time.thread_time)
+        profile.runcall(plain_run, self)
+        _save_profile(profile, "pool-work")
+
+    work_item.run = profiled_run
+    work_item.profiled = True
+
+
+def _save_profile(profile: cProfile.Profile, handler: str) -> None:
+    folder = Path(os.environ["BENCH_PROFILE_DIR"])
+    folder.mkdir(parents=True, exist_ok=True)
+    name = handler.replace(":", ".")
+    profile.dump_stats(folder / f"{name}.{os.getpid()}.{time.monotonic_ns()}.prof")
 
 
 def main() -> int:

@@ -23,10 +23,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 from pop3_ingest.config import MailboxConfig, TlsMode
-from pop3_ingest.errors import SecretError
+from pop3_ingest.errors import ConfigError, SecretError
 from pop3_ingest.netguard import AddressPolicy
 from pop3_ingest.redaction import secret_values
 from pop3_ingest_cli import render
+from pop3_ingest_cli.aws import Aws, AwsFactory
+from pop3_ingest_cli.secret_source import read_secret
+from pop3_ingest_cli.stack import deployment
 
 if TYPE_CHECKING:
     from pop3_ingest.domain.message import ServerMessage
@@ -156,16 +159,21 @@ def load_secret_file(path: str) -> tuple[MailboxConfig, set[str]]:
         raise SecretError(f"secret file {path!r}: {exc}", exc.field) from exc
 
 
-def load_config(args: argparse.Namespace) -> tuple[MailboxConfig, set[str]]:
+def load_config(args: argparse.Namespace, aws: AwsFactory) -> tuple[MailboxConfig, set[str]]:
     if args.secret_file is not None:
         return load_secret_file(args.secret_file)
-    from pop3_ingest.integrations.secrets import load_mailbox_config
+    if not (args.secret_id or args.stack_name):
+        raise ConfigError("give --secret-id, --secret-file, or --stack-name (its SecretArn)")
+    session = aws(args)
+    # Neither option: the stack's own mailbox secret (its SecretArn output).
+    secret_id = args.secret_id or deployment(args, session).need("secret_id")
+    config, secrets = read_secret(session.secretsmanager, secret_id)
+    return config, secrets | set(config.secret_values())
 
-    config = load_mailbox_config(args.secret_id)
-    return config, set(config.secret_values())
 
-
-def cmd_check(args: argparse.Namespace, connect: Connect | None = None) -> int:
+def cmd_check(
+    args: argparse.Namespace, connect: Connect | None = None, aws: AwsFactory = Aws.from_args
+) -> int:
     if connect is None:
         policy = AddressPolicy(allow_private=args.allow_private_hosts, switch=ALLOW_FLAG)
         connect = pop3_connect(policy)
@@ -173,7 +181,7 @@ def cmd_check(args: argparse.Namespace, connect: Connect | None = None) -> int:
     report: CheckReport | None = None
     error: Exception | None = None
     try:
-        config, secrets = load_config(args)
+        config, secrets = load_config(args, aws)
         report = CheckReport.for_config(config)
         run_check(config, report, timeout=args.timeout, connect=connect)
     except Exception as exc:  # every failure becomes its exit code and one clear line

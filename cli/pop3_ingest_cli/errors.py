@@ -1,8 +1,10 @@
 """The CLI's exit codes, which error gets which, and the one line an error is shown as.
 
 Exit codes (every command): 0 ok, 1 failed (protocol error, lost connection,
-an AWS call failed, pointers not sent), 2 usage, configuration or secret error,
-3 TLS or connection error, 4 login rejected, 5 mailbox busy (try later).
+an AWS call failed, pointers not sent, a state could not be read), 2 usage,
+configuration or secret error (also: a name that matches nothing), 3 TLS or
+connection error, 4 login rejected (or suspended), 5 mailbox busy (try later),
+6 some mailbox unhealthy (``status``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     NoRegionError,
     PartialCredentialsError,
+    ProfileNotFound,
 )
 
 from pop3_ingest.errors import (
@@ -34,6 +37,7 @@ EXIT_CONFIG = 2
 EXIT_CONNECT = 3
 EXIT_AUTH = 4
 EXIT_BUSY = 5
+EXIT_UNHEALTHY = 6  # status: everything was read, and some mailbox needs attention
 EXIT_INTERRUPTED = 130  # what a shell reports for Ctrl-C
 
 # The word an error line and a JSON document's "error_kind" give for each failure code.
@@ -59,14 +63,17 @@ _MISSING_RESOURCE_CODES = frozenset(
 MAX_ERROR_CHARS = 500
 # A Redactor masks a secret shorter than its min_run only where it occurs whole.
 _WHOLE_SECRET = sys.maxsize
-_REGION_HINT = " (set AWS_REGION or a region in your AWS profile)"
+# boto3 reads AWS_DEFAULT_REGION or the profile's region; AWS_REGION is not enough.
+_REGION_HINT = " (use --region, set AWS_DEFAULT_REGION, or a region in your AWS profile)"
+_CREDENTIALS_HINT = " (use --profile, or set up credentials: aws configure)"
+_CONFIG_ERRORS = (NoRegionError, NoCredentialsError, PartialCredentialsError, ProfileNotFound)
 
 
 def exit_code_for(exc: BaseException) -> int:
     """The documented exit code for an error."""
     if isinstance(exc, ConfigError | SecretError):
         return EXIT_CONFIG
-    if isinstance(exc, NoRegionError | NoCredentialsError | PartialCredentialsError):
+    if isinstance(exc, _CONFIG_ERRORS):
         return EXIT_CONFIG
     if isinstance(exc, AnnounceError) and isinstance(exc.__cause__, ClientError):
         return exit_code_for(exc.__cause__)
@@ -93,5 +100,7 @@ def error_line(exc: BaseException, secrets: Iterable[str] = ()) -> str:
     """
     text = " ".join((str(exc) or type(exc).__name__).split())
     hint = _REGION_HINT if isinstance(exc, NoRegionError) else ""
+    if isinstance(exc, NoCredentialsError):
+        hint = _CREDENTIALS_HINT
     redactor = Redactor(secrets, min_run=_WHOLE_SECRET)
     return redactor.mask(text, limit=MAX_ERROR_CHARS - len(hint)) + hint

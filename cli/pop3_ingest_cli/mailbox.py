@@ -11,19 +11,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pop3_ingest.config import FleetSettings, MailboxConfig
-from pop3_ingest.domain.reconcile import Change, Reconciler, ReconcileReport, Survey
+from pop3_ingest.domain.reconcile import WORKERS, Change, Reconciler, ReconcileReport, Survey
 from pop3_ingest.domain.schedules import schedule_name, secret_name_of
 from pop3_ingest.errors import ConfigError, Pop3IngestError, ScheduleError, SecretError
-from pop3_ingest.integrations.scheduler import TaggedSecrets, build_reconciler
+from pop3_ingest.integrations.scheduler import EventBridgeSchedules, SchedulerApi, TaggedSecrets
 from pop3_ingest_cli import render
+from pop3_ingest_cli.aws import Aws, AwsFactory
+from pop3_ingest_cli.stack import stack_values
 
 Build = Callable[[FleetSettings], tuple[Reconciler, TaggedSecrets]]
+# As the reconciler's clients: a big survey runs WORKERS calls at once, and the
+# Scheduler's rate quotas are met by slowing down (adaptive), not by failing.
+FLEET_CLIENT_CONFIG = Config(
+    retries={"mode": "adaptive", "max_attempts": 8},
+    connect_timeout=5,
+    read_timeout=20,
+    max_pool_connections=WORKERS,
+)
 # The options that name the deployment, and the variables they default to.
 DEPLOYMENT_OPTIONS = {
     "schedule_group": "SCHEDULE_GROUP",
@@ -32,14 +43,35 @@ DEPLOYMENT_OPTIONS = {
 }
 
 
-def fleet_settings(args: argparse.Namespace) -> FleetSettings:
-    """The deployment's fleet settings: the environment, with the options given over it."""
+def fleet_settings(
+    args: argparse.Namespace, stack: Mapping[str, str] | None = None
+) -> FleetSettings:
+    """The deployment's fleet settings: the environment, the stack's outputs over it
+    (``--stack-name``), and the options given over both."""
+    from_stack = {
+        env: (stack or {})[option]
+        for option, env in DEPLOYMENT_OPTIONS.items()
+        if (stack or {}).get(option)
+    }
     given = {
         env: getattr(args, option)
         for option, env in DEPLOYMENT_OPTIONS.items()
         if getattr(args, option)
     }
-    return FleetSettings.from_env({**os.environ, **given})
+    return FleetSettings.from_env({**os.environ, **from_stack, **given})
+
+
+def session_reconciler(session: Aws) -> Build:
+    """The reconciler's own code over the command's Session (``--profile``, ``--region``)."""
+
+    def build(settings: FleetSettings) -> tuple[Reconciler, TaggedSecrets]:
+        client = session.session.client
+        secrets = TaggedSecrets(client("secretsmanager", config=FLEET_CLIENT_CONFIG), settings)
+        scheduler = cast(SchedulerApi, client("scheduler", config=FLEET_CLIENT_CONFIG))
+        schedules = EventBridgeSchedules(scheduler, settings)
+        return Reconciler(secrets, schedules, enabled=settings.schedules_enabled), secrets
+
+    return build
 
 
 def with_interval(secret_text: str, minutes: int | None) -> str:
@@ -113,9 +145,10 @@ def _change_document(args: argparse.Namespace, report: ReconcileReport) -> dict[
     }
 
 
-def _outcome(args: argparse.Namespace, build: Build) -> render.Outcome:
-    settings = fleet_settings(args)
-    reconciler, secrets = build(settings)
+def _outcome(args: argparse.Namespace, build: Build | None, session: Aws) -> render.Outcome:
+    stack = stack_values(session.cloudformation, args.stack_name) if args.stack_name else None
+    settings = fleet_settings(args, stack)
+    reconciler, secrets = (build or session_reconciler(session))(settings)
     if args.action == "list":
         document = survey_document(reconciler.survey())
         return render.Outcome("mailbox", document, lambda: render.print_mailboxes(document))
@@ -137,12 +170,11 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def cmd_mailbox(
-    args: argparse.Namespace,
-    build: Build = lambda settings: build_reconciler(settings),
+    args: argparse.Namespace, build: Build | None = None, aws: AwsFactory = Aws.from_args
 ) -> int:
     try:
         check_arguments(args)  # before any AWS client exists
-        outcome = _outcome(args, build)
+        outcome = _outcome(args, build, aws(args))
     except (ClientError, BotoCoreError, Pop3IngestError) as exc:
         outcome = render.Outcome("mailbox", {"action": args.action}, lambda: None, error=exc)
     return render.emit(outcome, as_json=args.json)

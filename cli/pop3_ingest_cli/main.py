@@ -1,136 +1,34 @@
-"""The operator's command line: ``pop3-ingest check``, ``replay``, ``quarantine`` and ``mailbox``.
+"""The operator's command line: ``pop3-ingest status``, ``check``, ``run``, ``resume``,
+``replay``, ``quarantine`` and ``mailbox``.
 
-This module wires argparse to the commands (:mod:`.check`, :mod:`.replay`,
-:mod:`.quarantine`, :mod:`.mailbox`) and turns what argparse and Ctrl-C do into
-exit codes; :mod:`.errors` documents every code and which error gets which.
+This module wires argparse to the commands (one module each) and turns what
+argparse, Ctrl-C and anything unforeseen do into exit codes: no command ever
+ends in a traceback. :mod:`.errors` documents every code; :mod:`.helptext`
+holds what ``--help`` says.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pop3_ingest.config import DEFAULT_POP3_TIMEOUT_SECONDS
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pop3_ingest.config import DEFAULT_KEY_PREFIX, DEFAULT_POP3_TIMEOUT_SECONDS, Mode
+from pop3_ingest.errors import Pop3IngestError
+from pop3_ingest_cli import helptext, oauth
 from pop3_ingest_cli.check import ALLOW_FLAG, cmd_check
-from pop3_ingest_cli.errors import EXIT_CONFIG, EXIT_INTERRUPTED
+from pop3_ingest_cli.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, error_line
 from pop3_ingest_cli.mailbox import DEPLOYMENT_OPTIONS, cmd_mailbox
 from pop3_ingest_cli.quarantine import cmd_quarantine
-from pop3_ingest_cli.render import PROG
+from pop3_ingest_cli.render import PROG, print_error
 from pop3_ingest_cli.replay import cmd_replay, parse_time
-
-_MAIN_DESCRIPTION = """\
-Operator tools for pop3-ingest, the POP3 -> S3 -> SQS mail ingester.
-
-AWS access (Secrets Manager, S3, SQS, EventBridge Scheduler) uses the SDK's
-standard configuration: AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL and friends.
-"""
-
-_EXIT_CODES = """\
-exit codes:
-  0  ok
-  1  failed (protocol error, connection lost, AWS call failed, pointers not sent)
-  2  usage, configuration or secret error
-  3  TLS or connection error
-  4  login rejected
-  5  mailbox busy ([IN-USE], [LOGIN-DELAY], [SYS/TEMP]): try again later
-"""
-
-_MAIN_EPILOG = f"""\
-examples:
-  {PROG} check --secret-id pop3-ingest/support
-  {PROG} check --secret-file support.json --json
-  {PROG} replay --bucket my-mail --queue-url https://sqs.eu-west-1.amazonaws.com/123456789012/q \\
-      --mailbox support --since 2026-11-26T08:00:00Z --dry-run
-
-Run '{PROG} <command> --help' for a command's options.
-
-{_EXIT_CODES}"""
-
-_CHECK_DESCRIPTION = """\
-Connect to the mailbox of a secret, verify TLS (system trust plus the secret's
-ca_cert) and the login, and show the server's capabilities (CAPA), the number
-and total size of the messages waiting, and whether UIDL (required) and
-PIPELINING (faster) are supported.
-
-Nothing changes on the server: check sends no RETR and no DELE, and ends the
-session with QUIT. It does log in, though: providers may record the login,
-count it against rate limits, or (Gmail) alert the owner about a new sign-in.
-The password is never printed.
-"""
-
-_CHECK_EPILOG = f"""\
-examples:
-  {PROG} check --secret-id pop3-ingest/support
-  {PROG} check --secret-id arn:aws:secretsmanager:eu-west-1:123456789012:secret:mbx-AbCdEf
-  {PROG} check --secret-file support.json       # before the secret exists
-  {PROG} check --secret-file - --json < support.json
-  {PROG} check --secret-file local.json --allow-private-hosts   # a server on 10.x or localhost
-
-{_EXIT_CODES}"""
-
-_REPLAY_DESCRIPTION = """\
-Re-send the SQS pointers of messages already stored under
-s3://BUCKET/<key-prefix><mailbox>/ whose LastModified (when they were written)
-is in [--since, --until). Use it after a consumer bug, or when pointers expired
-from the queue. The mail is only read, never changed.
-
-Each pointer is rebuilt from S3 alone: size and sha256 from the object's
-metadata (computed by reading the whole object when the metadata has none, as
-for big streamed uploads), header fields from the first 64 KiB. The key holds a
-digest of the UIDL, so replayed pointers carry "uidl": null, and they carry
-"replayed": true. Pointers are sent in batches of ten, oldest first.
-"""
-
-_REPLAY_EPILOG = f"""\
-examples:
-  # what would be sent for one morning (reads S3, sends nothing)
-  {PROG} replay --bucket my-mail --queue-url "$QUEUE_URL" --mailbox support \\
-      --since 2026-11-26T06:00:00Z --until 2026-11-26T12:00:00Z --dry-run
-  # everything stored for the mailbox since a date (UTC when no zone is given)
-  {PROG} replay --bucket my-mail --queue-url "$QUEUE_URL" --mailbox support --since 2026-11-20
-
-{_EXIT_CODES}"""
-
-_QUARANTINE_DESCRIPTION = """\
-A message that fails the same way POISON_THRESHOLD runs in a row is
-quarantined: it stays on the POP3 server, is no longer downloaded, and is
-described in <prefix>_quarantine/<mailbox>/<digest>.json. 'list' shows those
-records; 'release' removes them and clears the message from the mailbox's run
-state, so the next run tries it again. It is safe while a run is working the
-mailbox: state writes are conditional and merged, so neither side undoes the other.
-"""
-
-_QUARANTINE_EPILOG = f"""\
-examples:
-  {PROG} quarantine list --bucket my-mail --mailbox support
-  {PROG} quarantine release --bucket my-mail --mailbox support --digest 3f2a...
-
-{_EXIT_CODES}"""
-
-
-_MAILBOX_DESCRIPTION = """\
-Mode fleet: start or stop polling a mailbox at once. 'add' checks the secret
-as the function would, writes --interval into it (its interval_minutes) when
-given, tags it MAILBOX_TAG_KEY=MAILBOX_TAG_VALUE (default pop3-ingest=enabled)
-and creates its EventBridge Scheduler schedule; 'remove' untags it and deletes
-the schedule; 'list' shows every tagged secret and whether its schedule is in
-place. The reconciler function does the same on its own (on tag changes, daily
-and after each deploy); this is its code, run from here.
-
-The deployment is named by the stack's outputs ScheduleGroupName, JobsQueueArn
-and SchedulerRoleArn: the options below, or the variables SCHEDULE_GROUP,
-JOBS_QUEUE_ARN and SCHEDULER_ROLE_ARN.
-"""
-
-_MAILBOX_EPILOG = f"""\
-examples:
-  {PROG} mailbox add pop3/support --interval 10
-  {PROG} mailbox remove pop3/support
-  {PROG} mailbox list --json
-
-{_EXIT_CODES}"""
+from pop3_ingest_cli.resume import cmd_resume
+from pop3_ingest_cli.run import cmd_run
+from pop3_ingest_cli.status import cmd_status
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -148,24 +46,36 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _mail_location_options(command: argparse.ArgumentParser) -> None:
-    """--bucket, --mailbox and --key-prefix: where the function keeps a mailbox's objects."""
-    command.add_argument("--bucket", required=True, help="the mail bucket (BUCKET_NAME)")
-    command.add_argument(
-        "--mailbox",
-        required=True,
-        help="mailbox name as in the keys and pointers (secret field 'mailbox')",
+def _aws_options(command: argparse.ArgumentParser) -> None:
+    """Every command: which deployment, account and region."""
+    group = command.add_argument_group("AWS")
+    group.add_argument(
+        "--stack-name",
+        metavar="STACK",
+        help="read the bucket, queues, key prefix and function from this stack's outputs",
     )
+    group.add_argument("--region", metavar="REGION", help="AWS region (default: the SDK's)")
+    group.add_argument("--profile", metavar="PROFILE", help="AWS profile (default: the SDK's)")
+
+
+def _mail_location_options(command: argparse.ArgumentParser, *, mailbox: str) -> None:
+    """--bucket, --key-prefix and --mailbox (``mailbox``: required, optional or absent)."""
+    command.add_argument("--bucket", help="the mail bucket (BUCKET_NAME; or --stack-name)")
     command.add_argument(
         "--key-prefix",
-        default="mail/",
         metavar="PREFIX",
-        help="the function's KEY_PREFIX (default: mail/)",
+        help=f"the function's KEY_PREFIX (default: the stack's, else {DEFAULT_KEY_PREFIX})",
     )
+    if mailbox != "absent":
+        command.add_argument(
+            "--mailbox",
+            required=mailbox == "required",
+            help="mailbox name as in the keys and pointers (secret field 'mailbox')",
+        )
 
 
 def _check_options(check: argparse.ArgumentParser) -> None:
-    source = check.add_mutually_exclusive_group(required=True)
+    source = check.add_mutually_exclusive_group()
     source.add_argument(
         "--secret-id", metavar="ID", help="name or ARN of the mailbox secret in Secrets Manager"
     )
@@ -190,9 +100,9 @@ def _check_options(check: argparse.ArgumentParser) -> None:
 
 
 def _replay_options(replay: argparse.ArgumentParser) -> None:
-    _mail_location_options(replay)
+    _mail_location_options(replay, mailbox="required")
     replay.add_argument(
-        "--queue-url", required=True, metavar="URL", help="the pointer queue (QUEUE_URL)"
+        "--queue-url", metavar="URL", help="the pointer queue (QUEUE_URL; or --stack-name)"
     )
     replay.add_argument(
         "--since",
@@ -209,13 +119,15 @@ def _replay_options(replay: argparse.ArgumentParser) -> None:
 
 
 def _quarantine_options(quarantine: argparse.ArgumentParser) -> None:
-    quarantine.add_argument("action", choices=("list", "release"), help="what to do")
-    _mail_location_options(quarantine)
+    quarantine.add_argument("action", choices=("list", "release", "drop"), help="what to do")
+    _mail_location_options(quarantine, mailbox="required")
     quarantine.add_argument(
         "--digest",
         metavar="HEX",
-        help="release only this message (its digest, as shown by 'list'); default: all",
+        help="release or drop only this message (its digest, as 'list' shows it)",
     )
+    quarantine.add_argument("--uidl", metavar="UIDL", help="drop: the message with this UIDL")
+    quarantine.add_argument("--key", metavar="KEY", help="drop: the record with this S3 key")
 
 
 def _interval(text: str) -> int:
@@ -239,8 +151,44 @@ def _mailbox_options(mailbox: argparse.ArgumentParser) -> None:
             f"--{option.replace('_', '-')}",
             dest=option,
             metavar=variable,
-            help=f"default: ${variable}",
+            help=f"default: the stack's output, else ${variable}",
         )
+
+
+def _mode_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--mode",
+        choices=[mode.value for mode in Mode],
+        help="the deployment's Mode (default: the stack's; without a stack, single)",
+    )
+
+
+def _status_options(status: argparse.ArgumentParser) -> None:
+    _mail_location_options(status, mailbox="optional")
+    _mode_option(status)
+    status.add_argument(
+        "--stale-after",
+        type=_positive_float,
+        metavar="HOURS",
+        help="a mailbox with no completed run for this long is stale "
+        "(default: the stack's StaleAfterHours, else 3)",
+    )
+
+
+def _resume_options(resume: argparse.ArgumentParser) -> None:
+    _mail_location_options(resume, mailbox="required")
+
+
+def _run_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--mailbox", help="the mailbox to run (the secret's 'mailbox')")
+    run.add_argument("--secret-id", metavar="ID", help="the mailbox secret to run, by name or ARN")
+    _mode_option(run)
+    run.add_argument(
+        "--function-name", metavar="NAME", help="Mode single: the fetch function (FunctionName)"
+    )
+    run.add_argument(
+        "--jobs-queue-url", metavar="URL", help="Mode fleet: the jobs queue (JobsQueueUrl)"
+    )
 
 
 @dataclass(frozen=True)
@@ -255,36 +203,63 @@ class _Command:
 
 _COMMANDS = (
     _Command(
+        "status",
+        "each mailbox's health: last run and error, suspended, backing off, quarantined",
+        helptext.STATUS_DESCRIPTION,
+        helptext.STATUS_EPILOG,
+        cmd_status,
+        _status_options,
+    ),
+    _Command(
         "check",
         "test a mailbox secret (TLS, login, CAPA, count); changes nothing",
-        _CHECK_DESCRIPTION,
-        _CHECK_EPILOG,
+        helptext.CHECK_DESCRIPTION,
+        helptext.CHECK_EPILOG,
         cmd_check,
         _check_options,
     ),
     _Command(
+        "run",
+        "fetch one mailbox now, through the deployed function",
+        helptext.RUN_DESCRIPTION,
+        helptext.RUN_EPILOG,
+        cmd_run,
+        _run_options,
+    ),
+    _Command(
+        "resume",
+        "lift a mailbox's login suspension and back-off",
+        helptext.RESUME_DESCRIPTION,
+        helptext.RESUME_EPILOG,
+        cmd_resume,
+        _resume_options,
+    ),
+    _Command(
         "replay",
         "re-send SQS pointers for messages stored in S3",
-        _REPLAY_DESCRIPTION,
-        _REPLAY_EPILOG,
+        helptext.REPLAY_DESCRIPTION,
+        helptext.REPLAY_EPILOG,
         cmd_replay,
         _replay_options,
     ),
     _Command(
         "quarantine",
-        "list or release messages quarantined after repeated failures",
-        _QUARANTINE_DESCRIPTION,
-        _QUARANTINE_EPILOG,
+        "list, release or drop messages quarantined after repeated failures",
+        helptext.QUARANTINE_DESCRIPTION,
+        helptext.QUARANTINE_EPILOG,
         cmd_quarantine,
         _quarantine_options,
     ),
     _Command(
         "mailbox",
         "Mode fleet: add, remove or list mailboxes (tag and schedule at once)",
-        _MAILBOX_DESCRIPTION,
-        _MAILBOX_EPILOG,
+        helptext.MAILBOX_DESCRIPTION,
+        helptext.MAILBOX_EPILOG,
         cmd_mailbox,
         _mailbox_options,
+    ),
+    _Command(
+        "oauth", oauth.SUMMARY, oauth.DESCRIPTION, oauth.EPILOG, oauth.cmd_oauth, oauth.add_options
     ),
 )
 
@@ -293,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     from pop3_ingest import __version__
 
     parser = argparse.ArgumentParser(
-        prog=PROG, description=_MAIN_DESCRIPTION, epilog=_MAIN_EPILOG, formatter_class=_Formatter
+        prog=PROG,
+        description=helptext.MAIN_DESCRIPTION,
+        epilog=helptext.MAIN_EPILOG,
+        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(
@@ -309,8 +287,32 @@ def build_parser() -> argparse.ArgumentParser:
         )
         spec.add_options(command)
         command.add_argument("--json", action="store_true", help="print one JSON document")
+        _aws_options(command)
         command.set_defaults(handler=spec.handler)
     return parser
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The command's code; what escaped it is one line, never a traceback."""
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (| head): nothing left to say, and nothing to flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except (ClientError, BotoCoreError, Pop3IngestError, OSError) as exc:
+        return print_error(args.command, exc)
+    except Exception as exc:  # a bug: still one line, and where to report it
+        print(
+            f"{PROG} {args.command}: unexpected error: {type(exc).__name__}: {error_line(exc)} "
+            "(please report it with the command that caused it)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -320,12 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors (argparse exits with 2)
         return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    try:
-        return handler(args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return run_command(args)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ def print_error(command: str, exc: BaseException, secrets: Iterable[str] = ()) -
 class Outcome:
     """How a command ended: its JSON fields, its text for a person, and what went wrong.
 
-    ``error`` decides the exit code; without one, ``failed`` (some items failed) gives 1.
+    ``error`` decides the exit code; without one, ``failed`` (some items failed)
+    gives 1, and ``verdict`` a command's own code (``status``: 6, unhealthy).
     """
 
     command: str
@@ -55,12 +56,13 @@ class Outcome:
     error: BaseException | None = None
     failed: bool = False
     secrets: frozenset[str] = frozenset()
+    verdict: int = EXIT_OK
 
     @property
     def code(self) -> int:
         if self.error is not None:
             return exit_code_for(self.error)
-        return EXIT_FAILED if self.failed else EXIT_OK
+        return EXIT_FAILED if self.failed else self.verdict
 
 
 def emit(outcome: Outcome, *, as_json: bool) -> int:
@@ -183,9 +185,10 @@ def print_quarantined(mailbox: str, records: list[dict[str, Any]], *, as_json: b
         print(f"no quarantined messages for {mailbox}")
     for record in records:
         print(
-            f"{record['digest']}  size={record.get('size')}  "
+            f"{record['digest']}  uidl={record.get('uidl')!r}  size={record.get('size')}  "
             f"failures={record.get('failures')}  error={record.get('error')}"
         )
+        print(f"  key {record.get('key')}")
 
 
 def print_released(mailbox: str, digests: list[str], *, as_json: bool) -> None:
@@ -193,6 +196,8 @@ def print_released(mailbox: str, digests: list[str], *, as_json: bool) -> None:
         print_json({"mailbox": mailbox, "released": digests})
     else:
         print(f"released {len(digests)} message(s) of {mailbox}; the next run retries them")
+        for digest in digests:
+            print(f"  {digest}")
 
 
 # -- mailbox -------------------------------------------------------------------------

@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pop3_ingest.domain.message import object_key
 from pop3_ingest.domain.ports import SQS_BATCH_SIZE, Announcer
 from pop3_ingest.errors import AnnounceError, ConfigError
 from pop3_ingest_cli import render
-from pop3_ingest_cli.aws import AwsClients, aws_clients, normalize_prefix
+from pop3_ingest_cli.aws import Aws, AwsFactory, mailbox_name, normalize_prefix
+from pop3_ingest_cli.progress import Progress
+from pop3_ingest_cli.stack import deployment
+from pop3_ingest_cli.states import StateReader
 from pop3_ingest_cli.stored import Rebuilt, StoredEntry, list_stored, rebuild_pointer
 
 if TYPE_CHECKING:
@@ -66,14 +68,7 @@ def check_window(since: datetime | None, until: datetime | None) -> None:
 
 def mailbox_prefix(prefix: str, mailbox: str) -> str:
     """``<prefix><mailbox>/``, checked with the same rule as the function's keys."""
-    try:
-        object_key(prefix, mailbox, "")
-    except ValueError:
-        raise ConfigError(
-            f"--mailbox {mailbox[:60]!r} is not a mailbox name "
-            "(1-128 letters, digits and . _ @ + -)"
-        ) from None
-    return f"{prefix}{mailbox}/"
+    return f"{prefix}{mailbox_name(mailbox)}/"
 
 
 def send_pointers(announcer: Announcer, pointers: list[dict[str, Any]]) -> set[int]:
@@ -141,7 +136,7 @@ def run_replay(
                 _announce(announcer, summary, ready, report)
 
 
-def _recorder(summary: ReplaySummary, *, show_lines: bool) -> Report:
+def _recorder(summary: ReplaySummary, *, show_lines: bool, progress: Progress) -> Report:
     """Adds each object's row to the summary and, for a person, prints its line."""
 
     def record(status: str, item: Rebuilt) -> None:
@@ -160,40 +155,71 @@ def _recorder(summary: ReplaySummary, *, show_lines: bool) -> Report:
             row["pointer"] = item.pointer
         summary.objects.append(row)
         if show_lines:
+            progress.clear()  # the line goes where the progress was
             render.print_replay_item(status, item)
+        progress.step("objects", len(summary.objects), summary.in_range)
 
     return record
 
 
-def _replay(args: argparse.Namespace, summary: ReplaySummary, clients: AwsClients) -> None:
+def _known(reader: StateReader, mailbox: str, prefix: str) -> None:
+    """Nothing stored and no run state: the mailbox does not exist here (exit 2)."""
+    if reader.read(mailbox).etag is None:
+        raise ConfigError(
+            f"no mailbox {mailbox!r}: nothing stored under s3://{reader.bucket}/{prefix} "
+            f"and no run state at {reader.location(mailbox)}"
+        )
+
+
+def _replay(
+    args: argparse.Namespace, summary: ReplaySummary, session: Aws, progress: Progress
+) -> None:
     from pop3_ingest.integrations.sqs_announcer import SqsAnnouncer
 
+    where = deployment(args, session)
+    summary.bucket = where.need("bucket")
+    summary.prefix = mailbox_prefix(where.prefix, args.mailbox)
+    queue_url = None if args.dry_run else where.need("queue_url")
     summary.listed, entries = list_stored(
-        clients.s3, args.bucket, summary.prefix, args.since, args.until
+        session.s3,
+        summary.bucket,
+        summary.prefix,
+        args.since,
+        args.until,
+        on_page=lambda n: progress.note(f"listing stored messages ({n} so far)"),
     )
+    if not summary.listed:
+        _known(StateReader(session.s3, summary.bucket, where.prefix), args.mailbox, summary.prefix)
     summary.in_range = len(entries)
-    announcer = None if args.dry_run else SqsAnnouncer(clients.sqs, args.queue_url)
-    report = _recorder(summary, show_lines=not args.json)
-    run_replay(clients.s3, announcer, summary, entries, report)
+    announcer = None if queue_url is None else SqsAnnouncer(session.sqs, queue_url)
+    report = _recorder(summary, show_lines=not args.json, progress=progress)
+    try:
+        run_replay(session.s3, announcer, summary, entries, report)
+    finally:
+        progress.done()
 
 
-def cmd_replay(args: argparse.Namespace, clients: Callable[[], AwsClients] = aws_clients) -> int:
+def cmd_replay(args: argparse.Namespace, aws: AwsFactory = Aws.from_args) -> int:
     since: datetime | None = args.since
     until: datetime | None = args.until
     summary = ReplaySummary(
         mailbox=args.mailbox,
-        bucket=args.bucket,
-        prefix=args.key_prefix,
+        bucket=args.bucket or "",
+        prefix=args.key_prefix or "",
         since=since.isoformat() if since else None,
         until=until.isoformat() if until else None,
         dry_run=args.dry_run,
     )
+    progress = Progress("replay", as_json=args.json)
     error: Exception | None = None
     try:
         check_window(since, until)  # before any AWS client exists
-        summary.prefix = mailbox_prefix(normalize_prefix(args.key_prefix), args.mailbox)
-        _replay(args, summary, clients())
+        mailbox_name(args.mailbox)
+        if args.key_prefix is not None:
+            normalize_prefix(args.key_prefix)
+        _replay(args, summary, aws(args), progress)
     except (ConfigError, ClientError, BotoCoreError, AnnounceError) as exc:
+        progress.done()
         error = exc
     outcome = render.Outcome(
         command="replay",

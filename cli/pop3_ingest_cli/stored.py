@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -51,15 +52,23 @@ def _written_in(written: datetime, since: datetime | None, until: datetime | Non
 
 
 def list_stored(
-    s3: S3Client, bucket: str, prefix: str, since: datetime | None, until: datetime | None
+    s3: S3Client,
+    bucket: str,
+    prefix: str,
+    since: datetime | None,
+    until: datetime | None,
+    on_page: Callable[[int], None] | None = None,
 ) -> tuple[int, list[StoredEntry]]:
     """Message objects directly under ``prefix`` (``*.eml``) written in [since, until).
 
-    Returns how many message objects were listed and the ones in range, oldest first.
+    Returns how many message objects were listed and the ones in range, oldest
+    first. ``on_page`` is told how many were listed so far, page by page.
     """
     listed = 0
     in_range: list[StoredEntry] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        if on_page is not None:
+            on_page(listed)
         for obj in page.get("Contents", []):
             name = obj["Key"][len(prefix) :]
             if "/" in name or not name.endswith(".eml"):

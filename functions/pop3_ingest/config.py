@@ -49,6 +49,10 @@ from pop3_ingest.errors import ConfigError, SecretError
 MIB = 1024 * 1024
 DEFAULT_KEY_PREFIX = "mail/"
 DEFAULT_DELETE = True  # delete from the server once stored and announced
+# 0: delete once stored and announced. N: keep each message on the server N
+# days after it was first announced, then delete it on proof (with delete on).
+DEFAULT_DELETE_AFTER_DAYS = 0
+MAX_DELETE_AFTER_DAYS = 3650
 DEFAULT_MAX_MESSAGES_PER_RUN = 500
 DEFAULT_MAX_MESSAGE_SIZE = 150 * MIB  # above every big provider's own limit
 DEFAULT_DEADLINE_MARGIN_SECONDS = 20.0
@@ -100,12 +104,34 @@ JOB_STALE_AFTER_SECONDS = MAX_INTERVAL_MINUTES * 60
 # Mode fleet: a secret carrying this tag (key and value) is a mailbox to poll.
 DEFAULT_MAILBOX_TAG_KEY = "pop3-ingest"
 DEFAULT_MAILBOX_TAG_VALUE = "enabled"
+# The secret the template creates (MailboxSecret) is a placeholder whose host is
+# under .invalid, a top-level domain reserved never to resolve (RFC 6761). A
+# secret whose host is under it is "not configured yet": no run logs in, and
+# the run says how to configure it (MailboxConfig.configured).
+PLACEHOLDER_DOMAIN = "invalid"
+# A refresh token the token endpoint rotated (Microsoft's delegated tokens) is
+# written back to its secret, unless the secret changed less than this long
+# ago: Secrets Manager asks for at most one PutSecretValue per secret every 10
+# minutes, and the token still in the secret stays valid meanwhile.
+DEFAULT_REFRESH_TOKEN_WRITEBACK_SECONDS = 3600
 
 
 class TlsMode(StrEnum):
     IMPLICIT = "implicit"
     STARTTLS = "starttls"
     NONE = "none"
+
+
+class Start(StrEnum):
+    """The secret's ``start``: which of the mail on the server is taken."""
+
+    ALL = "all"  # everything listed
+    # Only mail listed after the mailbox's first run: what its first run
+    # lists is left alone on the server (domain/plan.py: the baseline).
+    NOW = "now"
+
+
+DEFAULT_START = Start.ALL
 
 
 class Mode(StrEnum):
@@ -157,6 +183,15 @@ def _tls_mode(value: object) -> TlsMode:
         return TlsMode(value.lower())
     except ValueError:
         raise PydanticCustomError("rule", f"must be one of {', '.join(TlsMode)}") from None
+
+
+def _start(value: object) -> Start:
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "must be a string")
+    try:
+        return Start(value)
+    except ValueError:
+        raise PydanticCustomError("rule", 'must be "all" or "now"') from None
 
 
 def _token_url(url: str) -> str:
@@ -217,6 +252,14 @@ _MessageSize = Annotated[
     StrictInt,
     _rule(lambda size: size >= 1024, "must be an integer number of bytes, at least 1024"),
 ]
+_DeleteAfterDays = Annotated[
+    StrictInt,
+    _rule(
+        lambda days: 0 <= days <= MAX_DELETE_AFTER_DAYS,
+        f"must be an integer from 0 to {MAX_DELETE_AFTER_DAYS}",
+    ),
+]
+_StartChoice = Annotated[Start, PlainValidator(_start)]
 _IntervalMinutes = Annotated[
     StrictInt,
     _rule(lambda minutes: 0 <= minutes <= 10080, "must be an integer from 0 to 10080"),
@@ -227,6 +270,34 @@ _OAuthText = Annotated[
 _TokenUrl = Annotated[_OAuthText, AfterValidator(_token_url)]
 _OAuthType = Annotated[
     StrictStr | None, _rule(lambda kind: kind in (None, "oauth2"), 'must be "oauth2" (or left out)')
+]
+# Unencrypted PKCS#8 or PKCS#1 PEM: the function has nowhere to keep a passphrase.
+_KEY_PEM = re.compile(
+    r"-----BEGIN (RSA )?PRIVATE KEY-----[A-Za-z0-9+/=\s]+-----END \1?PRIVATE KEY-----"
+)
+_PrivateKeyPem = Annotated[
+    StrictStr,
+    _rule(
+        lambda pem: _KEY_PEM.search(pem) is not None,
+        "must be an unencrypted PEM private key ('-----BEGIN PRIVATE KEY-----' or "
+        "'-----BEGIN RSA PRIVATE KEY-----', with \\n for line breaks in JSON)",
+    ),
+]
+# SHA-1 (as the Entra admin center shows it) or SHA-256 of the certificate, in hex.
+_HEX_THUMBPRINT = re.compile(r"[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64}")
+_Thumbprint = Annotated[
+    StrictStr,
+    _rule(
+        lambda hexed: _HEX_THUMBPRINT.fullmatch(re.sub(r"[\s:]", "", hexed)) is not None,
+        "must be the certificate's SHA-1 (40) or SHA-256 (64) thumbprint in hex",
+    ),
+]
+_X5tS256 = Annotated[
+    StrictStr,
+    _rule(
+        lambda value: re.fullmatch(r"[A-Za-z0-9_-]{43}=?", value) is not None,
+        "must be the base64url SHA-256 thumbprint of the certificate (43 characters)",
+    ),
 ]
 
 
@@ -242,16 +313,45 @@ _SECRET = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 @dataclass(frozen=True, repr=False, kw_only=True, config=_SECRET)
+class ClientAssertion:
+    """A certificate credential, the secret's ``auth.client_assertion`` (RFC 7523).
+
+    Instead of a client secret, each token request carries a JWT signed (RS256)
+    with the application's private key; the token endpoint knows the
+    certificate by its thumbprint: ``certificate_thumbprint`` in hex (SHA-1, as
+    the Entra admin center shows it, or SHA-256), or ``x5t#S256`` already in
+    base64url. Exactly one of the two.
+    """
+
+    private_key_pem: _PrivateKeyPem
+    certificate_thumbprint: _Thumbprint | None = None
+    x5t_s256: _X5tS256 | None = Field(default=None, alias="x5t#S256")
+
+    def __post_init__(self) -> None:
+        if (self.certificate_thumbprint is None) == (self.x5t_s256 is None):
+            raise _combination(
+                "certificate_thumbprint",
+                "mailbox secret needs exactly one of '{certificate_thumbprint}' and '{x5t#S256}'",
+            )
+
+    def __repr__(self) -> str:
+        shown = self.certificate_thumbprint or self.x5t_s256
+        return f"ClientAssertion(thumbprint={shown!r})"
+
+
+@dataclass(frozen=True, repr=False, kw_only=True, config=_SECRET)
 class OAuthSettings:
     """Where and how to get an access token: the secret's ``auth`` object (RFC 6749).
 
-    Client credentials (``scope`` and ``client_secret``; Microsoft 365 app-only)
-    or a refresh token (``refresh_token``, ``scope`` optional; Google).
+    Client credentials (``scope`` and ``client_secret``, or ``client_assertion``
+    for a certificate; Microsoft 365 app-only) or a refresh token
+    (``refresh_token``, ``scope`` optional; Google, Microsoft 365 delegated).
     """
 
     token_url: _TokenUrl
     client_id: _OAuthText
     client_secret: _OAuthText | None = None
+    client_assertion: ClientAssertion | None = None
     scope: _OAuthText | None = None
     refresh_token: _OAuthText | None = None
     type: InitVar[_OAuthType] = None  # "oauth2", or left out; not kept
@@ -264,9 +364,17 @@ class OAuthSettings:
                 f"for the client-credentials grant (Microsoft 365 app-only: {MICROSOFT_365_SCOPE}),"
                 " or a refresh token (Google)",
             )
-        if not self.refresh_token and not self.client_secret:
+        if self.client_secret and self.client_assertion is not None:
             raise _combination(
-                "client_secret", "mailbox secret is missing required field '{client_secret}'"
+                "client_assertion",
+                "mailbox secret fields '{client_secret}' and '{client_assertion}' exclude each "
+                "other: the client authenticates with one of them",
+            )
+        if not self.refresh_token and not self.client_secret and self.client_assertion is None:
+            raise _combination(
+                "client_secret",
+                "mailbox secret is missing required field '{client_secret}' "
+                "(or '{client_assertion}', a certificate credential)",
             )
 
     @property
@@ -277,7 +385,8 @@ class OAuthSettings:
         # Secrets stay out of every log line that formats this object.
         return (
             f"OAuthSettings(token_url={redaction.display_url(self.token_url)!r}, "
-            f"client_id={self.client_id!r}, grant_type={self.grant_type!r}, scope={self.scope!r})"
+            f"client_id={self.client_id!r}, grant_type={self.grant_type!r}, scope={self.scope!r}, "
+            f"certificate={self.client_assertion is not None})"
         )
 
     def secret_values(self) -> tuple[str, ...]:
@@ -304,6 +413,8 @@ class MailboxConfig:
     port: _Port  # default: DEFAULT_PORTS for the tls mode
     ca_cert: _PemText | None = None
     delete: StrictBool = DEFAULT_DELETE
+    delete_after_days: _DeleteAfterDays = DEFAULT_DELETE_AFTER_DAYS
+    start: _StartChoice = DEFAULT_START
     max_message_size: _MessageSize = DEFAULT_MAX_MESSAGE_SIZE
     interval_minutes: _IntervalMinutes = 0  # 0: every time the function is invoked
     mailbox: _MailboxName  # default: derive_mailbox_name(username, host)
@@ -338,6 +449,17 @@ class MailboxConfig:
             )
         if self.oauth is None and not self.password:
             raise _combination("password", "mailbox secret is missing required field '{password}'")
+        if self.delete_after_days and not self.delete:
+            raise _combination(
+                "delete_after_days",
+                "mailbox secret field '{delete_after_days}' deletes mail after that many days; "
+                "it cannot go with '{delete}' false (keep for ever): leave one of them out",
+            )
+
+    @property
+    def configured(self) -> bool:
+        """False while the secret is a placeholder (see PLACEHOLDER_DOMAIN)."""
+        return not is_placeholder_host(self.host)
 
     def fingerprint(self) -> str:
         """Changes whenever the login settings change (a rotated secret, say)."""
@@ -362,6 +484,11 @@ class MailboxConfig:
     def from_secret(cls, data: object) -> MailboxConfig:
         """Validate the decoded secret JSON; every problem names its field."""
         return _validated(cls, data, prefix="")
+
+
+def is_placeholder_host(host: str) -> bool:
+    """Whether ``host`` is under the reserved placeholder domain (``pop3.example.invalid``)."""
+    return host.lower().rstrip(".").rpartition(".")[2] == PLACEHOLDER_DOMAIN
 
 
 def derive_mailbox_name(username: str, host: str) -> str:
@@ -505,6 +632,9 @@ class Settings:
     connect_timeout_seconds: Annotated[float, Field(ge=0.1)] = DEFAULT_CONNECT_TIMEOUT_SECONDS
     job_concurrency: _Count = DEFAULT_JOB_CONCURRENCY
     mode: Mode = DEFAULT_MODE
+    refresh_token_writeback_seconds: Annotated[float, Field(ge=0.0)] = (
+        DEFAULT_REFRESH_TOKEN_WRITEBACK_SECONDS
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -42,7 +42,9 @@ DEFAULT_LIMIT = 200
 RESPONSE_CODES = frozenset({"AUTH", "IN-USE", "LOGIN-DELAY", "SYS/PERM", "SYS/TEMP", "UTF8"})
 # Fields whose values are secrets wherever they appear: in the mailbox
 # secret's JSON, in a parsed MailboxConfig, in a token endpoint's answer.
-SECRET_FIELDS = frozenset({"password", "client_secret", "refresh_token", "access_token", "token"})
+SECRET_FIELDS = frozenset(
+    {"password", "client_secret", "refresh_token", "access_token", "token", "private_key_pem"}
+)
 # Masking a masked text again changes nothing, short of a secret made of "*".
 _MAX_PASSES = 8
 _CODE = re.compile(rb"^-ERR \[([A-Za-z0-9/\-]+)\]")

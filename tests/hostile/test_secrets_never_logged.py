@@ -466,3 +466,67 @@ def test_pieces_of_the_password_in_a_busy_greeting_are_masked(
     text = everything.text()
     assert "IN-USE" in text
     assert_no_runs(text, LONG_SECRET)
+
+
+# -- OAuth2: rotated refresh tokens, a certificate's key, its signed assertions ---------
+
+FIRST_REFRESH_TOKEN = "0.rt-FirstRefreshT0ken-never-logged"
+
+
+def test_rotated_refresh_tokens_and_a_certificate_key(
+    make_dovecot: Callable[..., DovecotServer],
+    aws: AwsResources,
+    monkeypatch: pytest.MonkeyPatch,
+    oauth: OAuthTestServer,
+    everything: Everything,
+) -> None:
+    from aws_lambda_powertools.utilities import parameters
+    from tests.support.oauth_certificate import app_certificate
+
+    server = oauth_dovecot(make_dovecot, oauth)
+    server.add_user(USER, PASSWORD)
+    server.deliver(USER, simple_message(1))
+    harness = Harness(dovecot=server, aws=aws, monkeypatch=monkeypatch)
+    monkeypatch.setenv("REFRESH_TOKEN_WRITEBACK_SECONDS", "0")
+    # A delegated mailbox: its refresh token rotates and is written back.
+    oauth.add_refresh_token(FIRST_REFRESH_TOKEN, "delegated", "", USER)
+    oauth.refresh_rotation = "rotate"
+    delegated = oauth_secret(
+        "127.0.0.1", server.pop3s_port, "implicit", oauth, ca_cert=server.ca_pem
+    )
+    delegated["auth"] = {
+        "token_url": oauth.token_url,
+        "client_id": "delegated",
+        "refresh_token": FIRST_REFRESH_TOKEN,
+    }
+    stored = secret_json(harness, delegated)
+    outcome = everything.add(harness.attempt())
+    assert outcome.summary is not None
+    assert outcome.summary["deleted"] == 1
+    rotated = tuple(oauth.issued_refresh_tokens)
+    assert rotated
+    # A certificate the token endpoint does not know: the signed assertion is refused.
+    cert = app_certificate("never-registered")
+    with_key = {
+        **delegated,
+        "auth": {
+            "token_url": oauth.token_url,
+            "client_id": "cert-app",
+            "scope": "pop",
+            "client_assertion": {
+                "private_key_pem": cert.private_key_pem,
+                "x5t#S256": cert.x5t_s256,
+            },
+        },
+    }
+    stored_key = secret_json(harness, with_key)
+    parameters.clear_caches()  # the handler reads the new secret now, not in 5 minutes
+    failed = everything.add(harness.attempt())
+    assert isinstance(failed.error, AuthError)
+    assertions = tuple(
+        f["client_assertion"] for f in oauth.token_requests if "client_assertion" in f
+    )
+    assert assertions
+    tokens = (*oauth.issued, *assertions)
+    everything.assert_clean(FIRST_REFRESH_TOKEN, *rotated, document=stored, tokens=tokens)
+    everything.assert_clean(cert.private_key_pem, document=stored_key, tokens=tokens)

@@ -251,3 +251,35 @@ def test_handler_with_a_rejected_client_secret_is_a_clear_auth_error(
     out = capsys.readouterr()
     assert "not-the-secret-XYZ" not in out.out + out.err
     assert server.message_count(USER) == 3
+
+
+def test_handler_fetches_with_a_certificate_credential(
+    server: DovecotServer, oauth: OAuthTestServer, aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Microsoft 365 app-only with a certificate: the token server verifies the signed
+    # client assertion with the certificate's public key before it issues a token.
+    from tests.support.harness import Harness
+    from tests.support.oauth_certificate import app_certificate
+
+    cert = app_certificate()
+    oauth.add_certificate_client(
+        "cert-app", cert.public_key, {"x5t#S256": cert.x5t_s256}, USER, MICROSOFT_365_SCOPE
+    )
+    harness = Harness(dovecot=server, aws=aws, monkeypatch=monkeypatch, user=USER)
+    secret = server.secret(USER, mailbox="m365-cert")
+    secret.pop("password")
+    secret["auth"] = {
+        "type": "oauth2",
+        "token_url": oauth.token_url,
+        "client_id": "cert-app",
+        "scope": MICROSOFT_365_SCOPE,
+        "client_assertion": {
+            "private_key_pem": cert.private_key_pem,
+            "certificate_thumbprint": cert.sha256_hex,
+        },
+    }
+    harness.configure(secret)
+    assert harness.run()["deleted"] == 3
+    (assertion,) = oauth.assertions
+    assert assertion["claims"]["iss"] == "cert-app"
+    assert server.message_count(USER) == 0

@@ -157,7 +157,7 @@ def test_an_empty_digest_never_proves_a_message_stored(
     assert harness.dovecot.message_count(harness.user) == 0
 
 
-def test_a_version_3_state_keeps_its_proofs_and_is_rewritten_as_version_4(
+def test_a_version_3_state_keeps_its_proofs_and_is_rewritten_as_version_5(
     harness: Harness,
 ) -> None:
     bodies = [corpus.simple(i).expected for i in range(1, 4)]
@@ -176,7 +176,7 @@ def test_a_version_3_state_keeps_its_proofs_and_is_rewritten_as_version_4(
     assert summary["stored"] == 0
     assert harness.aws.receive_all() == []  # no pointer sent twice
     assert harness.dovecot.message_count(harness.user) == 0
-    assert json.loads(harness.aws.get_object(STATE_KEY))["version"] == 4
+    assert json.loads(harness.aws.get_object(STATE_KEY))["version"] == 5
     assert set(stored_state(harness).deleted) == {uidl_digest(uidl) for uidl, _ in listing}
 
 

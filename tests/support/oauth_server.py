@@ -6,7 +6,16 @@ One HTTP server on 127.0.0.1 serves
   app-only style) and the refresh-token grant (Google style). Each grant is
   tied to one mailbox user; the endpoint issues a random access token with
   ``expires_in``. Wrong client credentials get ``401 invalid_client``, an
-  unknown refresh token ``400 invalid_grant``;
+  unknown refresh token ``400 invalid_grant``. A client may authenticate with
+  a certificate instead of a secret (RFC 7523 client assertion): the server
+  checks the JWT's RS256 signature with the client's public key, its header's
+  thumbprint and its claims (``aud``, ``iss``, ``sub``, ``nbf``/``exp``, a
+  ``jti`` never seen before). ``refresh_rotation`` makes refresh grants answer
+  with a new refresh token (``"rotate"``, Microsoft style: the old one stays
+  valid) or the same one again (``"same"``);
+- ``POST /device`` and the device-code grant on ``/token`` (RFC 8628): each
+  poll of a device code gets the next of its scripted answers
+  (:meth:`OAuthTestServer.add_device_client`);
 - ``POST /introspect`` (RFC 7662, what Dovecot's ``oauth2`` passdb calls with
   ``introspection_mode = post``): ``{"active": true, "username": ...}`` for a
   token it issued that has not expired or been revoked, ``{"active": false}``
@@ -19,6 +28,7 @@ It does not import ``pop3_ingest``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import secrets
@@ -40,6 +50,11 @@ if TYPE_CHECKING:
     from tests.support.dovecot import DovecotServer
 
 DEFAULT_EXPIRES_IN = 3600
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+# The longest client assertion accepted (Microsoft: 10 minutes), and the clock skew allowed.
+MAX_ASSERTION_LIFETIME_S = 600
+SKEW_S = 60
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,35 @@ class Issued:
     client_id: str
     expires_at: float  # time.monotonic()
     revoked: bool = False
+
+
+@dataclass(frozen=True)
+class CertificateClient:
+    """A client that signs assertions; ``thumbprint`` is the header it must name it by."""
+
+    client_id: str
+    public_key: Any  # cryptography's RSAPublicKey
+    thumbprint: dict[str, str]
+    username: str
+    scope: str | None
+
+
+@dataclass
+class DeviceClient:
+    client_id: str
+    username: str
+    answers: tuple[str, ...]
+    interval: int | None
+    expires_in: int
+    client_secret: str | None
+    uri_field: str
+    refusal: str | None = None
+
+
+@dataclass
+class DeviceCode:
+    client: DeviceClient
+    answers: list[str]
 
 
 @dataclass(frozen=True)
@@ -78,6 +122,15 @@ class OAuthTestServer(SocketServerThread):
         self.refresh_tokens: dict[str, Client] = {}
         self.issued: dict[str, Issued] = {}
         self.token_requests: list[dict[str, str]] = []
+        self.certificate_clients: dict[str, CertificateClient] = {}
+        # Every assertion presented, decoded: {"header": ..., "claims": ...}.
+        self.assertions: list[dict[str, Any]] = []
+        self._seen_jti: set[str] = set()
+        self.refresh_rotation: str | None = None  # None, "rotate" or "same"
+        self.issued_refresh_tokens: list[str] = []
+        self.device_clients: dict[str, DeviceClient] = {}
+        self.device_codes: dict[str, DeviceCode] = {}
+        self.device_requests: list[dict[str, str]] = []
         self.introspections: list[str] = []
         self._canned: list[CannedResponse] = []
         self._lock = threading.Lock()
@@ -101,6 +154,40 @@ class OAuthTestServer(SocketServerThread):
     ) -> None:
         """A refresh token (of a registered or new client) whose tokens log in as ``username``."""
         self.refresh_tokens[refresh_token] = Client(client_id, client_secret, username, None)
+
+    def add_certificate_client(
+        self,
+        client_id: str,
+        public_key: Any,
+        thumbprint: dict[str, str],
+        username: str,
+        scope: str | None = None,
+    ) -> None:
+        """A client-credentials client that authenticates with a client assertion."""
+        self.certificate_clients[client_id] = CertificateClient(
+            client_id, public_key, thumbprint, username, scope
+        )
+
+    def add_device_client(
+        self,
+        client_id: str,
+        username: str,
+        answers: tuple[str, ...] = ("approve",),
+        *,
+        interval: int | None = 0,
+        expires_in: int = 600,
+        client_secret: str | None = None,
+        uri_field: str = "verification_uri",
+        refusal: str | None = None,
+    ) -> None:
+        """A client of the device flow. Each poll of its device code gets the next of
+        ``answers`` ("pending", "slow_down", "denied", "expired", "approve", "no_refresh"),
+        then "pending" when they run out; "approve" issues a refresh token for
+        ``username``. ``interval`` None leaves it out of the device endpoint's answer;
+        ``refusal`` makes the device endpoint answer 400 with that error instead."""
+        self.device_clients[client_id] = DeviceClient(
+            client_id, username, answers, interval, expires_in, client_secret, uri_field, refusal
+        )
 
     def respond_next(self, status: int, body: bytes | dict[str, Any], times: int = 1) -> None:
         """Answer the next ``times`` token requests with this instead of a token."""
@@ -137,6 +224,10 @@ class OAuthTestServer(SocketServerThread):
     def introspection_url(self) -> str:
         return f"{self.url}/introspect"
 
+    @property
+    def device_url(self) -> str:
+        return f"{self.url}/device"
+
     def _handle_token(self, form: dict[str, str]) -> tuple[int, bytes | dict[str, Any]]:
         with self._lock:
             self.token_requests.append(dict(form))
@@ -146,13 +237,12 @@ class OAuthTestServer(SocketServerThread):
         if canned is not None:
             return canned.status, canned.body
         grant = form.get("grant_type")
+        if grant == DEVICE_GRANT:
+            return self._handle_device_poll(form)
         if grant == "client_credentials":
-            client = self.clients.get(form.get("client_id", ""))
-            if client is None or form.get("client_secret") != client.client_secret:
-                return 401, {
-                    "error": "invalid_client",
-                    "error_description": "client authentication failed",
-                }
+            client = self._authenticated_client(form)
+            if isinstance(client, str):
+                return 401, {"error": "invalid_client", "error_description": client}
             if client.scope is not None and form.get("scope") != client.scope:
                 return 400, {
                     "error": "invalid_scope",
@@ -167,7 +257,7 @@ class OAuthTestServer(SocketServerThread):
                 }
             if (
                 form.get("client_id") != client.client_id
-                or form.get("client_secret") != client.client_secret
+                or (form.get("client_secret") or "") != client.client_secret
             ):
                 return 401, {
                     "error": "invalid_client",
@@ -175,6 +265,9 @@ class OAuthTestServer(SocketServerThread):
                 }
         else:
             return 400, {"error": "unsupported_grant_type"}
+        return 200, self._token_response(client, form)
+
+    def _token_response(self, client: Client, form: dict[str, str]) -> dict[str, Any]:
         lifetime = self.expires_in
         try:
             valid_for = float(lifetime) if lifetime is not None else DEFAULT_EXPIRES_IN
@@ -184,6 +277,132 @@ class OAuthTestServer(SocketServerThread):
         body: dict[str, Any] = {"access_token": token, "token_type": "Bearer"}
         if lifetime is not None:
             body["expires_in"] = lifetime
+        if form.get("grant_type") == "refresh_token" and self.refresh_rotation == "rotate":
+            body["refresh_token"] = self._new_refresh_token(client)
+        elif form.get("grant_type") == "refresh_token" and self.refresh_rotation == "same":
+            body["refresh_token"] = form["refresh_token"]
+        return body
+
+    def _new_refresh_token(self, client: Client) -> str:
+        """A refresh token for ``client``'s user; the ones issued before stay valid."""
+        token = "0.rt-" + secrets.token_urlsafe(24)
+        with self._lock:
+            self.refresh_tokens[token] = client
+            self.issued_refresh_tokens.append(token)
+        return token
+
+    def _authenticated_client(self, form: dict[str, str]) -> Client | str:
+        """The client-credentials client the form authenticates, or why it does not."""
+        client_id = form.get("client_id", "")
+        if "client_assertion" in form or "client_assertion_type" in form:
+            why = self._assertion_problem(form, client_id)
+            if why is not None:
+                return why
+            cert = self.certificate_clients[client_id]
+            return Client(client_id, "", cert.username, cert.scope)
+        client = self.clients.get(client_id)
+        if client is None or form.get("client_secret") != client.client_secret:
+            return "client authentication failed"
+        return client
+
+    def _assertion_problem(self, form: dict[str, str], client_id: str) -> str | None:
+        """Why the client assertion does not authenticate ``client_id``; None if it does."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        cert = self.certificate_clients.get(client_id)
+        if cert is None or form.get("client_assertion_type") != ASSERTION_TYPE:
+            return "unknown client, or not a jwt-bearer client assertion"
+        try:
+            head, body, signature = form.get("client_assertion", "").split(".")
+            header, claims = json.loads(_b64(head)), json.loads(_b64(body))
+        except ValueError:
+            return "the client assertion is not a compact JWS"
+        with self._lock:
+            self.assertions.append({"header": header, "claims": claims})
+        if header.get("alg") != "RS256" or header.get("typ") != "JWT":
+            return "the assertion must be an RS256 JWT"
+        if {k: v for k, v in header.items() if k.startswith("x5t")} != cert.thumbprint:
+            return "the assertion names another certificate"
+        try:
+            cert.public_key.verify(
+                _b64(signature), f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256()
+            )
+        except InvalidSignature:
+            return "the assertion's signature does not verify"
+        return self._claims_problem(claims, client_id)
+
+    def _claims_problem(self, claims: dict[str, Any], client_id: str) -> str | None:
+        now = time.time()
+        if claims.get("aud") != self.token_url:
+            return "aud must be the token URL"
+        if claims.get("iss") != client_id or claims.get("sub") != client_id:
+            return "iss and sub must be the client id"
+        nbf, exp = claims.get("nbf"), claims.get("exp")
+        if (
+            not isinstance(nbf, int)
+            or not isinstance(exp, int)
+            or exp - nbf > MAX_ASSERTION_LIFETIME_S
+        ):
+            return "nbf and exp must be numbers at most 10 minutes apart"
+        if not nbf - SKEW_S <= now < exp:
+            return "the assertion is not valid now"
+        jti = claims.get("jti")
+        with self._lock:
+            if not isinstance(jti, str) or not jti or jti in self._seen_jti:
+                return "jti missing or seen before"
+            self._seen_jti.add(jti)
+        return None
+
+    # -- the device flow (RFC 8628) ---------------------------------------------
+
+    def _handle_device(self, form: dict[str, str]) -> tuple[int, bytes | dict[str, Any]]:
+        with self._lock:
+            self.device_requests.append(dict(form))
+        client = self.device_clients.get(form.get("client_id", ""))
+        if client is None:
+            return 400, {"error": "invalid_client", "error_description": "unknown client"}
+        if not form.get("scope"):
+            return 400, {"error": "invalid_request", "error_description": "scope missing"}
+        if client.refusal is not None:
+            return 400, {"error": client.refusal, "error_description": f"refused: {form['scope']}"}
+        code = secrets.token_urlsafe(24)
+        with self._lock:
+            self.device_codes[code] = DeviceCode(client, list(client.answers))
+        body: dict[str, Any] = {
+            "device_code": code,
+            "user_code": "WDJB-MJHT",
+            client.uri_field: f"{self.url}/verify",
+            "expires_in": client.expires_in,
+        }
+        if client.interval is not None:
+            body["interval"] = client.interval
+        return 200, body
+
+    def _handle_device_poll(self, form: dict[str, str]) -> tuple[int, bytes | dict[str, Any]]:
+        with self._lock:
+            grant = self.device_codes.get(form.get("device_code", ""))
+            answer = grant.answers.pop(0) if grant is not None and grant.answers else "pending"
+        if grant is None:
+            return 400, {"error": "invalid_grant", "error_description": "unknown device code"}
+        client = grant.client
+        if form.get("client_id") != client.client_id or form.get("client_secret") != (
+            client.client_secret
+        ):
+            return 401, {"error": "invalid_client", "error_description": "client unknown"}
+        errors = {
+            "pending": "authorization_pending",
+            "slow_down": "slow_down",
+            "denied": "access_denied",
+            "expired": "expired_token",
+        }
+        if answer in errors:
+            return 400, {"error": errors[answer], "error_description": f"device flow: {answer}"}
+        owner = Client(client.client_id, client.client_secret or "", client.username, None)
+        body = self._token_response(owner, {"grant_type": DEVICE_GRANT})
+        if answer == "approve":
+            body["refresh_token"] = self._new_refresh_token(owner)
         return 200, body
 
     def _handle_introspect(self, form: dict[str, str]) -> tuple[int, bytes | dict[str, Any]]:
@@ -228,6 +447,8 @@ class OAuthTestServer(SocketServerThread):
             return self._handle_token(form)
         if path == "/introspect":
             return self._handle_introspect(form)
+        if path == "/device":
+            return self._handle_device(form)
         return 404, {"error": "not_found"}
 
     def close(self) -> None:
@@ -270,3 +491,8 @@ def oauth_dovecot(
     extra = options.pop("extra_config", "")
     config = oauth.dovecot_config() + ("\n" + extra if extra else "")
     return make_dovecot(extra_config=config, **options)
+
+
+def _b64(text: str) -> bytes:
+    """Base64url without padding, decoded."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

@@ -48,6 +48,7 @@ REVIEWED_ACTIONS = {
         "sqs:SendMessage",
         "secretsmanager:GetSecretValue",
         "secretsmanager:BatchGetSecretValue",
+        "secretsmanager:PutSecretValue",
     }
     | JOB_CONSUMER_ACTIONS,
     # Reads the key only (secrets encrypted with it), writes no data with it.

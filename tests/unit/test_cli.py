@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -34,7 +35,7 @@ from pop3_ingest.errors import (
 )
 from pop3_ingest.integrations.scheduler import TaggedSecrets
 from pop3_ingest.redaction import secret_values
-from pop3_ingest_cli.aws import AwsClients, normalize_prefix
+from pop3_ingest_cli.aws import Aws, normalize_prefix
 from pop3_ingest_cli.check import cmd_check
 from pop3_ingest_cli.errors import (
     EXIT_CONFIG,
@@ -91,7 +92,6 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
 @pytest.mark.parametrize(
     "argv",
     [
-        ["check"],  # neither --secret-id nor --secret-file
         ["check", "--secret-id", "a", "--secret-file", "b"],  # both
         ["check", "--secret-id", "a", "--timeout", "0"],
         ["check", "--secret-id", "a", "--timeout", "soon"],
@@ -103,6 +103,16 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
 def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == EXIT_CONFIG
     assert "usage:" in capsys.readouterr().err
+
+
+def test_check_without_a_secret_says_which_options_give_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = build_parser().parse_args(["check"])
+    assert cmd_check(args, aws=no_aws) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.startswith("pop3-ingest check: config error: give --secret-id, --secret-file")
+    assert "--stack-name" in err
 
 
 def test_replay_arguments_parse() -> None:
@@ -125,7 +135,7 @@ def test_replay_arguments_parse() -> None:
     assert args.since == datetime(2026, 11, 26, tzinfo=UTC)
     assert args.until == datetime(2026, 11, 26, 11, 30, tzinfo=UTC)
     assert args.dry_run is True
-    assert args.key_prefix == "mail/"
+    assert args.key_prefix is None, "the stack's, else DEFAULT_KEY_PREFIX: decided later"
     assert args.handler is cmd_replay
 
 
@@ -162,7 +172,7 @@ def test_window_and_prefix_rules() -> None:
         mailbox_prefix("mail/", "../etc")
 
 
-def no_aws() -> AwsClients:
+def no_aws(args: argparse.Namespace) -> Aws:
     raise AssertionError("no AWS client may be created")
 
 
@@ -172,7 +182,7 @@ def test_replay_window_error_exits_2_before_any_aws_call(
     base = ["replay", "--bucket", "b", "--queue-url", "q"]
 
     def replay(*extra: str) -> int:
-        return cmd_replay(build_parser().parse_args([*base, *extra]), clients=no_aws)
+        return cmd_replay(build_parser().parse_args([*base, *extra]), aws=no_aws)
 
     assert replay("--mailbox", "m", "--since", "2026-02-01", "--until", "2026-01-01") == 2
     assert "--since must be earlier than --until" in capsys.readouterr().err
@@ -185,7 +195,7 @@ def test_quarantine_bad_prefix_exits_2_before_any_aws_call(
     action: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["quarantine", action, "--bucket", "b", "--mailbox", "m", "--key-prefix", "../x"]
-    assert cmd_quarantine(build_parser().parse_args(argv), clients=no_aws) == EXIT_CONFIG
+    assert cmd_quarantine(build_parser().parse_args(argv), aws=no_aws) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert err.startswith("pop3-ingest quarantine: config error: --key-prefix")
     assert len(err.splitlines()) == 1
@@ -242,7 +252,8 @@ def test_error_line_is_one_bounded_line_with_secrets_masked() -> None:
     assert PASSWORD not in line
     assert "***" in line
     assert len(line) <= 500
-    assert "AWS_REGION" in error_line(NoRegionError())
+    # boto3 reads AWS_DEFAULT_REGION (or the profile), not AWS_REGION.
+    assert "--region, set AWS_DEFAULT_REGION" in error_line(NoRegionError())
 
 
 def test_error_line_masks_whole_secrets_and_keeps_our_own_words() -> None:
@@ -483,7 +494,7 @@ def test_check_with_secret_id_and_no_region_exits_2(
     assert main(["check", "--secret-id", "mailbox-alice"]) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert err.startswith("pop3-ingest check: config error:")
-    assert "AWS_REGION" in err
+    assert "AWS_DEFAULT_REGION" in err
     assert len(err.splitlines()) == 1
 
 
@@ -627,8 +638,8 @@ def test_entry_point_runs_the_cli(kind: str) -> None:
     shown = run("--help")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("usage: pop3-ingest")
-    for name in ("check", "replay", "quarantine"):
+    for name in ("status", "check", "run", "resume", "replay", "quarantine", "mailbox"):
         assert name in shown.stdout
-    usage_error = run("check")
+    usage_error = run("replay")
     assert usage_error.returncode == EXIT_CONFIG
-    assert "usage: pop3-ingest check" in usage_error.stderr
+    assert "usage: pop3-ingest replay" in usage_error.stderr

@@ -64,6 +64,7 @@ states = st.builds(
     seen_content=st.dictionaries(shas, whole_times, max_size=3),
     failures=st.dictionaries(digests, failure, max_size=3),
     quarantined=st.dictionaries(digests, failure, max_size=3),
+    baseline=st.dictionaries(digests, counts, max_size=3),
     auth_failures=st.integers(0, 3),
     auth_fingerprint=st.none() | st.sampled_from(["0123456789abcdef", "fedcba9876543210"]),
     busy_streak=st.integers(0, 3),
@@ -73,18 +74,20 @@ states = st.builds(
     lease_owner=st.none() | st.sampled_from(["run-a", "run-b"]),
     lease_until=st.sampled_from([0.0, NOW + 60]),
 )
-TABLES = ("seen", "deleted", "seen_content", "failures", "quarantined")
+TABLES = ("seen", "deleted", "seen_content", "failures", "quarantined", "baseline")
 SCALARS = tuple(f.name for f in fields(MailboxState) if f.name not in TABLES)
 
 
 def full_state() -> MailboxState:
     """Every field away from its default, so a field the codec forgets shows up."""
     state = MailboxState(
-        seen={D1: Seen(100, SHA)},
+        seen={D1: Seen(100, SHA, NOW - 60)},
         deleted={D2: Deleted(NOW, 200, "b" * 64)},
         seen_content={"c" * 64: NOW},
         failures={D3: Failure(1, "boom", NOW, NOW)},
         quarantined={D1: Failure(3, "bad", NOW - 10, NOW)},
+        baseline={D3: 300},
+        last_error="login failed: -ERR [AUTH]",
         auth_failures=2,
         auth_fingerprint="0123456789abcdef",
         backoff_until=NOW + 30,
@@ -109,6 +112,8 @@ def v3_document(**changes: Any) -> dict[str, Any]:
     """full_state() as version 3 wrote it: hex digests, entries as objects."""
     data = asdict(full_state())
     data["version"] = 3
+    for entry in data["seen"].values():
+        del entry["at"]  # version 3 did not keep it
     data.update(changes)
     return data
 
@@ -131,7 +136,8 @@ def test_any_state_round_trips(state: MailboxState) -> None:
 
 def test_the_tables_that_grow_with_mail_are_compact_and_keep_every_bit() -> None:
     data = full_state().to_json()
-    assert data["seen"] == {K1: [100, B_SHA]}
+    assert data["seen"] == {K1: [100, B_SHA, round(NOW - 60)]}
+    assert data["baseline"] == {b64(D3): 300}
     assert data["deleted"] == {b64(D2): [round(NOW), 200, b64("b" * 64)]}
     assert data["seen_content"] == {b64("c" * 64): round(NOW)}
     # 27 and 43 characters: the UIDL digest's 160 bits and the SHA-256's 256, whole.
@@ -147,10 +153,11 @@ def test_times_of_deletions_and_content_are_kept_to_the_second() -> None:
     assert again.seen_content[SHA] == NOW + 1
 
 
-def test_a_version_3_document_keeps_all_its_memory_and_is_written_as_version_4() -> None:
+def test_a_version_3_document_keeps_all_its_memory_and_is_written_as_version_5() -> None:
     state = MailboxState.from_json(v3_document())
-    assert state == full_state()
-    assert state.to_json()["version"] == STATE_VERSION == 4
+    # Version 3 did not keep when a message was first announced (0: not known).
+    assert state == replace(full_state(), seen={D1: Seen(100, SHA, 0.0)})
+    assert state.to_json()["version"] == STATE_VERSION == 5
 
 
 # -- validation ------------------------------------------------------------------
@@ -168,9 +175,9 @@ BAD_DOCUMENTS: list[tuple[str, Any, str]] = [
     ("not an object", [], "not a JSON object"),
     ("no version", {k: v for k, v in document().items() if k != "version"}, "version None"),
     ("version 1", document(version=1), "version 1"),
-    ("future version", document(version=5), "version 5"),
-    ("version as text", document(version="4"), "version '4'"),
-    ("version as float", document(version=4.0), "version 4.0"),
+    ("future version", document(version=6), "version 6"),
+    ("version as text", document(version="5"), "version '5'"),
+    ("version as float", document(version=5.0), "version 5.0"),
     ("version as bool", document(version=True), "version True"),
     ("unknown field", document(surprise=1), "unknown fields: surprise"),
     ("seen not a table", document(seen=[]), "seen: not an object"),
@@ -180,15 +187,22 @@ BAD_DOCUMENTS: list[tuple[str, Any, str]] = [
     # The same bits spelled another way (trailing bits set): one spelling per digest.
     ("non-canonical key", document(**entry("seen", "A" * 26 + "B", [1, B_SHA])), "a key of 27"),
     ("seen as object", document(**entry("seen", K1, {"size": 1, "sha256": B_SHA})), "[size, "),
-    ("seen short", document(**entry("seen", K1, [1])), "not an array [size, sha256]"),
-    ("seen sha256 in hex", document(**entry("seen", K1, [1, SHA])), ".sha256: not a SHA-256"),
-    ("seen sha256 empty", document(**entry("seen", K1, [1, ""])), ".sha256: not a SHA-256"),
+    ("seen short", document(**entry("seen", K1, [1, B_SHA])), "not an array [size, sha256, at]"),
+    ("seen sha256 in hex", document(**entry("seen", K1, [1, SHA, 0])), ".sha256: not a SHA-256"),
+    ("seen sha256 empty", document(**entry("seen", K1, [1, "", 0])), ".sha256: not a SHA-256"),
     # 128 bits are not proof of 256: no digest is shortened, none read shortened.
-    ("seen sha256 halved", document(**entry("seen", K1, [1, b64("ab" * 16)])), "not a SHA-256"),
-    ("negative size", document(**entry("seen", K1, [-1, B_SHA])), ".size: not a whole"),
-    ("bool size", document(**entry("seen", K1, [True, B_SHA])), ".size: not a whole"),
-    ("float size", document(**entry("seen", K1, [1.5, B_SHA])), ".size: not a whole"),
-    ("huge size", document(**entry("seen", K1, [2**60, B_SHA])), ".size: not a whole"),
+    ("seen sha256 halved", document(**entry("seen", K1, [1, b64("ab" * 16), 0])), "not a SHA"),
+    ("negative size", document(**entry("seen", K1, [-1, B_SHA, 0])), ".size: not a whole"),
+    ("bool size", document(**entry("seen", K1, [True, B_SHA, 0])), ".size: not a whole"),
+    ("float size", document(**entry("seen", K1, [1.5, B_SHA, 0])), ".size: not a whole"),
+    ("huge size", document(**entry("seen", K1, [2**60, B_SHA, 0])), ".size: not a whole"),
+    ("seen time text", document(**entry("seen", K1, [1, B_SHA, "now"])), ".at: not a finite"),
+    ("baseline hex key", document(baseline={D1: 1}), "baseline: a key of 40 characters"),
+    ("baseline size text", document(baseline={K1: "1"}), f"baseline[{K1}]: not a whole"),
+    ("last error long", document(last_error="x" * 201), "last_error: not a text of at most"),
+    ("last error number", document(last_error=5), "last_error: not a text"),
+    ("pending negative", document(pending=-1), "pending: not a whole"),
+    ("baseline time text", document(baseline_at="x"), "baseline_at: not a finite"),
     ("deleted bare time", document(**entry("deleted", K1, NOW)), "not an array [at, size, sha256]"),
     ("deleted no digest", document(**entry("deleted", K1, [NOW, 1])), "[at, size, sha256]"),
     ("deleted negative time", document(**entry("deleted", K1, [-1, 1, B_SHA])), ".at: not a"),

@@ -3,11 +3,16 @@ and a state read made ahead of the run."""
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import pytest
 
 from pop3_ingest.config import MailboxConfig, Settings
 from pop3_ingest.domain.options import IngestOptions
 from pop3_ingest.domain.state import MailboxState
+from pop3_ingest.handlers import wiring
 from pop3_ingest.handlers.wiring import ReadAhead, ingest_options
 from pop3_ingest.integrations.s3_state import Snapshot
 
@@ -58,3 +63,25 @@ def test_the_read_made_ahead_is_the_run_s_first_and_only_that_one() -> None:
     assert states.read("box") is ahead
     assert store.reads == 1  # not read twice
     assert states.read("box").etag == "e2"  # any later read is a fresh one
+
+
+def test_jobs_starting_side_by_side_build_the_aws_clients_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[str] = []
+
+    class CountingSession:
+        def client(self, service: str, **_: Any) -> object:
+            built.append(service)
+            time.sleep(0.01)  # long enough for the other threads to arrive meanwhile
+            return object()
+
+    monkeypatch.setattr(wiring.boto3.session, "Session", CountingSession)
+    wiring._new_aws_clients.cache_clear()
+    try:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            results = list(pool.map(lambda _: wiring.aws_clients(), range(10)))
+    finally:
+        wiring._new_aws_clients.cache_clear()
+    assert all(result is results[0] for result in results)
+    assert sorted(built) == ["s3", "s3", "sqs"]

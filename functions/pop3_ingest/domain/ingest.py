@@ -28,10 +28,12 @@ import logging
 import time
 from collections.abc import Callable
 
+from pop3_ingest.config import Start
 from pop3_ingest.domain.deadline import Deadline
 from pop3_ingest.domain.ledger import QuarantineHook, RunLedger
 from pop3_ingest.domain.message import ServerMessage, uidl_digest
 from pop3_ingest.domain.options import IngestOptions
+from pop3_ingest.domain.plan import baseline
 from pop3_ingest.domain.ports import Announcer, MessageStore, Session
 from pop3_ingest.domain.session import RunContext, SessionOutcome, SessionRun
 from pop3_ingest.domain.state import Deleted, MailboxState
@@ -145,6 +147,8 @@ class MailboxIngest:
                 self.summary.sessions += 1
                 self.login_delay = session.login_delay
                 try:
+                    if first:
+                        self._start(session)
                     outcome = SessionRun(run, session, first).run()
                 except BaseException:
                     session.abandon()  # never QUIT on a path we did not plan for
@@ -175,6 +179,22 @@ class MailboxIngest:
                 extra={"marked": len(outcome.marked)},
             )
         return outcome
+
+    def _start(self, session: Session) -> None:
+        """start "now": the mailbox's first listing is its baseline, left alone for good.
+
+        Taken once, on the first run with start "now" (or the first after the
+        state was lost); start "all" forgets it (domain/plan.py).
+        """
+        if self.options.start is not Start.NOW:
+            self.state.forget_baseline()
+        elif not self.state.baseline_at:
+            entries = baseline(session.list_messages(), self.state)
+            self.state.take_baseline(entries, time.time())
+            logger.info(
+                'start "now": the mail on the server is left alone; only later mail is taken',
+                extra={"left_alone": len(entries)},
+            )
 
     def _committed(self, marked: list[tuple[ServerMessage, str]]) -> None:
         """QUIT answered +OK: the marked messages are gone; remember their digests."""

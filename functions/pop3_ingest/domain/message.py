@@ -123,8 +123,31 @@ def parse_header_fields(head: bytes) -> dict[str, str | None]:
                 text = str(make_header(decode_header(value)))
         except Exception:  # malformed encoded words are common in spam
             text = str(value).encode("utf-8", "replace").decode("utf-8", "replace")
-        fields[name] = sqs_text(" ".join(text.split())[:_FIELD_LIMIT])
+        bound = _bounded_ids if name in _ID_LISTS else _bounded
+        fields[name] = sqs_text(bound(" ".join(text.split())))
     return fields
+
+
+def _bounded(text: str) -> str:
+    return text[:_FIELD_LIMIT]
+
+
+def _bounded_ids(text: str) -> str:
+    """A list of message ids (References) within the bound, cut between ids: the
+    first (the thread's root) and as many of the last (the nearest parents) as fit."""
+    if len(text) <= _FIELD_LIMIT:
+        return text
+    first, *rest = text.split(" ")
+    if len(first) > _FIELD_LIMIT // 2:
+        return text[:_FIELD_LIMIT]  # not a list of ids: cut like any other field
+    kept: list[str] = []
+    room = _FIELD_LIMIT - len(first)
+    for item in reversed(rest):
+        if len(item) + 1 > room:
+            break
+        kept.append(item)
+        room -= len(item) + 1
+    return " ".join([first, *reversed(kept)])
 
 
 # What SQS accepts in a message body (XML 1.0's Char): tab, LF, CR, and
@@ -146,7 +169,17 @@ _POINTER_HEADERS = {
     "cc": "Cc",
     "subject": "Subject",
     "date": "Date",
+    # What a consumer needs to stop auto-reply loops (RFC 3834, RFC 2076's
+    # Precedence, the envelope sender) and to thread (RFC 5322, RFC 2919).
+    "auto_submitted": "Auto-Submitted",
+    "precedence": "Precedence",
+    "return_path": "Return-Path",
+    "in_reply_to": "In-Reply-To",
+    "references": "References",
+    "list_id": "List-Id",
 }
+# Fields that hold a list of message ids: bounded between ids, not inside one.
+_ID_LISTS = frozenset({"references"})
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,23 @@ The rules enforced here (README "Never losing mail"):
   be hidden for ever; so they are taken anyway, one command at a time.
 - **Deletions proven first.** A session with proofs to make (and no
   LOGIN-DELAY) proves and deletes only those, and QUITs, before new mail.
+- **Start from now.** With ``start: "now"`` the mailbox's first run takes a
+  baseline of its listing (:func:`baseline`): those messages are never
+  fetched, proven or deleted, and only mail listed later is taken.
+- **Kept N days.** With ``delete_after_days`` a message announced is kept on
+  the server until that many days after it was first announced; then it is
+  proven by its bytes and deleted like any other.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from pop3_ingest.config import Start
 from pop3_ingest.domain.ledger import RunSoFar
 from pop3_ingest.domain.message import ServerMessage, failure_key, uidl_digest
 from pop3_ingest.domain.options import IngestOptions
@@ -44,6 +52,10 @@ class Skip(StrEnum):
     TAKEN = "taken earlier in this run"
     PROVEN = "proven earlier in this run"
     KEPT = "kept on the server and announced before"
+    BASELINE = 'on the server before start "now"'
+
+
+_DAY = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -93,7 +105,7 @@ def first_look(
 
     ``unlisted``: listing entries that cannot be fetched safely (left on the server).
     """
-    present = {uidl_digest(m.uidl) for m in listing if m.unique}
+    present = set(listing_keys(listing))  # the UIDL digests, and the baseline's other keys
     present |= {failure_key(m) for m in listing}
     return FirstLook(
         messages_on_server=len(listing) + unlisted,
@@ -104,6 +116,40 @@ def first_look(
     )
 
 
+def listing_keys(listing: Sequence[ServerMessage]) -> list[str]:
+    """What names each listed message before it is downloaded, in listing order.
+
+    A unique UIDL names its message (its digest, as in ``state.seen``). Messages
+    without one are told apart by their place among those alike (the same
+    ``failure_key``): the first, the second, ... in listing order, which is the
+    order they arrived in on the servers we know.
+    """
+    alike: Counter[str] = Counter()
+    keys = []
+    for message in listing:
+        if message.unique:
+            keys.append(uidl_digest(message.uidl))
+            continue
+        kind = failure_key(message)
+        keys.append(uidl_digest(f"\x00occurrence\x00{kind}\x00{alike[kind]}"))
+        alike[kind] += 1
+    return keys
+
+
+def baseline(listing: Sequence[ServerMessage], state: MailboxState) -> dict[str, int]:
+    """start "now": what the mailbox's first run leaves alone for good (key -> size).
+
+    Every listed message but those the state knows already (announced,
+    deleted, quarantined), which keep their own rules.
+    """
+    entries = {}
+    for message, key in zip(listing, listing_keys(listing), strict=True):
+        known = message.unique and (key in state.seen or key in state.deleted)
+        if not known and failure_key(message) not in state.quarantined:
+            entries[key] = message.size
+    return entries
+
+
 def plan_session(
     listing: Sequence[ServerMessage],
     state: MailboxState,
@@ -111,11 +157,15 @@ def plan_session(
     so_far: RunSoFar,
     *,
     login_delay: int = 0,
+    now: float | None = None,
 ) -> SessionPlan:
-    """What one session does with its listing. Nothing passed in is changed."""
-    planner = _Planner(state, options, so_far)
-    for message in listing:
-        planner.weigh(message)
+    """What one session does with its listing. Nothing passed in is changed.
+
+    ``now`` (default: the clock) decides which kept messages are due for deletion.
+    """
+    planner = _Planner(state, options, so_far, time.time() if now is None else now)
+    for message, key in zip(listing, listing_keys(listing), strict=True):
+        planner.weigh(message, key)
     if not planner.to_fetch and planner.blocking and len(listing) >= options.capped_listing:
         planner.unblock_window()
     prove_only = bool(planner.prove) and options.delete and not login_delay
@@ -144,9 +194,13 @@ def plan_session(
 class _Planner:
     """The working sets of one plan_session call (its own copies: nothing shared is changed)."""
 
-    def __init__(self, state: MailboxState, options: IngestOptions, so_far: RunSoFar) -> None:
+    def __init__(
+        self, state: MailboxState, options: IngestOptions, so_far: RunSoFar, now: float
+    ) -> None:
         self.state = state
         self.options = options
+        self.now = now
+        self.baseline = state.baseline if options.start is Start.NOW else {}
         self.quarantined_now = so_far.quarantined_now
         self.handled = set(so_far.handled)
         self.reproved = set(so_far.reproved)
@@ -163,8 +217,11 @@ class _Planner:
         self.quarantined: list[ServerMessage] = []
         self.oversized: list[ServerMessage] = []
 
-    def weigh(self, message: ServerMessage) -> None:
-        if failure_key(message) in self.state.quarantined:
+    def weigh(self, message: ServerMessage, key: str) -> None:
+        if self.baseline.get(key) == message.size:
+            # Another size under a baseline UIDL is another message: new mail.
+            self.skipped.append((message, Skip.BASELINE))
+        elif failure_key(message) in self.state.quarantined:
             self.quarantined.append(message)
             self._block(message, Skip.QUARANTINED)
         elif message.unique:
@@ -194,7 +251,7 @@ class _Planner:
             self._prove_once(message, gone.sha256, reappearing=True)
             return
         seen = self._seen(digest, message.size)
-        if seen is not None and not self.options.delete:
+        if seen is not None and not self._due(seen):
             self.skipped.append((message, Skip.KEPT))
         elif seen is not None and uidl not in self.reproved:
             # Stored and announced before; only the DELE is missing.
@@ -213,6 +270,13 @@ class _Planner:
             self.drop_seen.append(digest)  # a reused UIDL: the new message it is
             return None
         return seen
+
+    def _due(self, seen: Seen) -> bool:
+        """Whether an announced message is to be deleted now (on proof)."""
+        days = self.options.delete_after_days
+        if not self.options.delete:
+            return False
+        return not days or self.now - seen.at >= days * _DAY
 
     def _prove_once(self, message: ServerMessage, sha256: str, *, reappearing: bool) -> None:
         """Downloaded again and hashed, once per run: the proof its DELE needs."""

@@ -26,10 +26,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic
 
+from pop3_ingest import redaction
 from pop3_ingest.config import MailboxConfig
 from pop3_ingest.domain.message import ServerMessage, failure_key
 from pop3_ingest.domain.ports import Core, RunObserver, SnapshotT, StateStore
-from pop3_ingest.domain.state import LEASE_MARGIN_SECONDS, LEASE_OWNER, Failure, MailboxState
+from pop3_ingest.domain.state import (
+    LAST_ERROR_CHARS,
+    LEASE_MARGIN_SECONDS,
+    LEASE_OWNER,
+    Failure,
+    MailboxState,
+)
 from pop3_ingest.domain.summary import RunSummary, StopReason
 from pop3_ingest.errors import (
     AuthError,
@@ -50,6 +57,15 @@ CoreFactory = Callable[[MailboxConfig, MailboxState, QuarantineWriter], Core]
 # whose ticks come a little early does not skip every other one.
 _DUE_EARLY_SECONDS = 30
 
+# What a run of a mailbox whose secret is still the template's placeholder logs.
+NOT_CONFIGURED_HINT = (
+    "mailbox secret not configured yet: its host is the template's placeholder (under "
+    ".invalid), so nothing is polled. Write the mailbox's settings into the secret "
+    "(aws secretsmanager put-secret-value --secret-id <the stack's SecretArn output> "
+    "--secret-string file://mailbox.json; docs/configuration.md), after trying them with "
+    "pop3-ingest check --secret-file mailbox.json"
+)
+
 # Failures of the session after login: each is counted and logged, then the
 # state is saved and the error raised again. The first entry that matches wins.
 _SESSION_FAILURES: tuple[tuple[tuple[type[Pop3Error], ...], str, str], ...] = (
@@ -59,6 +75,13 @@ _SESSION_FAILURES: tuple[tuple[tuple[type[Pop3Error], ...], str, str], ...] = (
     # UIDL or LIST refused, for one.
     ((Pop3Error,), "ProtocolError", "POP3 server answered what the run cannot use"),
 )
+
+# Runs that stopped early for a reason that is an error (the last error, for status).
+_FAILED_STOPS = {
+    StopReason.QUEUE_UNAVAILABLE: "the pointer queue was unavailable",
+    StopReason.CONNECTION_LOST: "the connection was lost during the run",
+    StopReason.REPEATED_FAILURES: "sessions kept ending without QUIT",
+}
 
 
 @dataclass(frozen=True)
@@ -101,12 +124,21 @@ def run_mailbox(
     time (a FIFO message group): no lease is written (a live one found is still
     honoured), and the state is written only when it changed (``_save``).
 
+    A secret that is still the template's placeholder (``config.configured``
+    false, read again past the cache) is "not configured yet": logged once at
+    INFO with how to configure it, nothing read, no login, no error.
+
     ``paced_by_schedule`` where the mailbox's own schedule fires at its
     ``interval_minutes`` (Mode fleet): the schedule paces it, so no tick is
     skipped as "not due" (a flexible window may bring two ticks closer than
     the interval).
     """
     policy = _RunPolicy(ports, owner, auth_failure_limit, take_lease, paced_by_schedule)
+    if not config.configured:
+        # The cached secret may predate the operator's edit: read it again first.
+        config = ports.reload_secret()
+        if not config.configured:
+            return policy.not_configured(config)
     try:
         outcome = policy.attempt(config)
     except AuthError:
@@ -147,6 +179,65 @@ def unreachable_backoff(streak: int) -> float:
     if streak < 2:
         return 0.0
     return float(min(3600.0, 60.0 * 2 ** (streak - 2)))
+
+
+def pending_after(summary: RunSummary, state: MailboxState) -> int:
+    """Messages left on the server for a later run when ``summary``'s run stopped.
+
+    None after a run that completed. After one that stopped early (deadline,
+    message cap, ...): what its first listing held, less what it deleted, what
+    is left alone on purpose (quarantined, oversized, unlisted) and what the
+    state remembers as taken or left alone (announced, the baseline). Exact for
+    a complete listing of unique UIDLs; else an estimate.
+    """
+    if summary.stopped is StopReason.COMPLETED:
+        return 0
+    left_alone = summary.in_quarantine + summary.oversized + summary.unlisted
+    remembered = len(state.seen) + len(state.baseline)
+    return max(0, summary.left_on_server - left_alone - remembered)
+
+
+def _note_for_status(
+    summary: RunSummary, state: MailboxState, config: MailboxConfig, now: float
+) -> None:
+    """What ``pop3-ingest status`` shows of a run that ended normally."""
+    state.pending = pending_after(summary, state)
+    what, detail = _problem(summary)
+    if what:
+        _remember_error(state, config, (what, detail), now)
+
+
+def _remember_error(
+    state: MailboxState, config: MailboxConfig, error: tuple[str, str], now: float
+) -> None:
+    """The mailbox's last error, for ``pop3-ingest status``: short and dated, its
+    remote text (``error``'s second part) redacted; our own words as they are."""
+    what, detail = error
+    if detail:
+        what += ": " + redaction.Redactor(config.secret_values()).mask(detail, LAST_ERROR_CHARS)
+    state.last_error = what[:LAST_ERROR_CHARS]
+    state.last_error_at = now
+
+
+def _describe(exc: Exception) -> tuple[str, str]:
+    """A run's failure: what it means in a few words, and its own text."""
+    if isinstance(exc, AuthError):
+        what = "login failed"
+    else:
+        kinds = (message for kind, _, message in _SESSION_FAILURES if isinstance(exc, kind))
+        what = next(kinds, type(exc).__name__)
+    return what, str(exc)
+
+
+def _problem(summary: RunSummary) -> tuple[str, str]:
+    """What went wrong in a run that ended normally, and the last message failure's
+    text; empty when nothing did."""
+    parts = []
+    if summary.stopped in _FAILED_STOPS:
+        parts.append(_FAILED_STOPS[summary.stopped])
+    if summary.failures:
+        parts.append(f"{summary.failed} message(s) failed, the last")
+    return "; ".join(parts), summary.failures[-1]["error"] if summary.failures else ""
 
 
 def quarantine_record(mailbox: str, message: ServerMessage, failure: Failure) -> dict[str, Any]:
@@ -205,6 +296,11 @@ class _RunPolicy(Generic[SnapshotT]):
         self._note_success(summary, core.login_delay, state, config, now)
         self._save(mailbox, state, lease)
         return RunOutcome(summary)
+
+    def not_configured(self, config: MailboxConfig) -> RunOutcome:
+        """The secret is still a placeholder: no state read, no login, not an error."""
+        self._signal(None, logging.INFO, NOT_CONFIGURED_HINT, host=config.host)
+        return RunOutcome(RunSummary(mailbox=config.mailbox, stopped=StopReason.NOT_CONFIGURED))
 
     def _claim(self, mailbox: str, current: SnapshotT, now: float) -> SnapshotT | None:
         """What the run works from: the state with this run's lease in it, None when
@@ -276,6 +372,7 @@ class _RunPolicy(Generic[SnapshotT]):
 
     def _note_failure(self, exc: Exception, state: MailboxState, config: MailboxConfig) -> None:
         self._note_reachable(exc, state)
+        _remember_error(state, config, _describe(exc), self.ports.clock())
         if isinstance(exc, AuthError):
             # Failures count against one secret: a changed one starts again at zero.
             if state.auth_fingerprint != config.fingerprint():
@@ -318,6 +415,7 @@ class _RunPolicy(Generic[SnapshotT]):
             state.backoff_until = now + login_delay
         if summary.stopped is StopReason.COMPLETED:
             state.last_completed = self.ports.clock()
+        _note_for_status(summary, state, config, self.ports.clock())
 
     def _save(self, mailbox: str, state: MailboxState, base: SnapshotT) -> None:
         """The run's last write: conditional, merged if another writer came first, and

@@ -263,7 +263,7 @@ class Custody:
             state.seen[uidl_digest(message.uidl)] = Seen(size=message.size, sha256=sha256)
         else:
             state.remember_content(sha256, time.time())
-        if self._run.options.delete:
+        if self._run.options.deletes_when_stored(message):
             self._window.queue_delete(message, sha256)
         for twin in self._twins.decided(message):
             self._proven(twin)

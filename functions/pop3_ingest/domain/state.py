@@ -4,7 +4,9 @@ One small JSON document per mailbox: UIDLs already announced in keep-on-server
 mode, deletions already committed (to spot servers whose DELE does not delete),
 consecutive failures per message (poison detection), the login/back-off
 bookkeeping that keeps us from hammering an account into a lockout, and the
-lease that lets only one run work a mailbox at a time. UIDLs are kept as
+lease that lets only one run work a mailbox at a time; with ``start: "now"``,
+the baseline (what its first run listed, left alone), and for the operator's
+``status`` the last error and the mail left pending. UIDLs are kept as
 digests: server text is never stored as a key.
 
 The document is memory, never proof: whatever it says, a message is deleted
@@ -13,7 +15,7 @@ does not validate field by field is damaged (``StateDamaged``) and the caller
 sets it aside and starts from an empty state.
 
 It stays small whatever the mail volume: the tables that grow with mail are
-written compactly (digests in base64url, entries as arrays; version 4), and a
+written compactly (digests in base64url, entries as arrays; version 5), and a
 deletion is remembered only while it can still matter (see ``forget_absent``).
 Forgetting can cost a pointer sent twice, never a message: proof before DELE
 compares the bytes' full SHA-256 with the one remembered, and no entry is
@@ -27,13 +29,14 @@ import copy
 import json
 import math
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 from pop3_ingest.errors import StateDamaged
 
-STATE_VERSION = 4
+STATE_VERSION = 5
 _DAY = 24 * 3600
 # A committed deletion of a message no longer listed is remembered at least
 # this long, and at most this many of them (the newest). One still listed (a
@@ -52,6 +55,7 @@ _MAX_ENTRIES = 100_000  # bound of each time-keyed table (deleted, seen_content)
 # and its memory of kept messages must not go with it.
 REWRITE_AFTER_SECONDS = 12 * 3600
 MAX_ERROR_CHARS = 500  # a failure's remembered error text
+LAST_ERROR_CHARS = 200  # the mailbox's last error, as ``status`` shows it
 # A lease runs to the end of the Lambda's remaining time plus this, so the
 # hosts' clocks may disagree by a few seconds without two runs overlapping.
 LEASE_MARGIN_SECONDS = 15.0
@@ -67,12 +71,21 @@ _MAX_COUNT = 2**53  # what every JSON reader keeps exact
 _MAX_TIME = 2.0**33  # year 2242: a larger "timestamp" is damage, not a date
 
 
+def _this_second() -> float:
+    """Now, to the second as the document stores it (the one begun: never ahead)."""
+    return float(math.floor(time.time()))
+
+
 @dataclass(frozen=True)
 class Seen:
-    """A message announced (keep mode), or announced but not yet deleted."""
+    """A message announced (keep mode, or kept for ``delete_after_days``), or announced
+    but not yet deleted."""
 
     size: int  # its LIST size
     sha256: str  # 64 lowercase hex: SHA-256 of the stored bytes
+    # When it was first announced; 0: not known (remembered by a version 4
+    # document), dated by the next run's ``forget_absent``.
+    at: float = field(default_factory=_this_second)
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,10 @@ class MailboxState:
     seen_content: dict[str, float] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)  # 40-hex digest (the core's)
     quarantined: dict[str, Failure] = field(default_factory=dict)
+    # start "now": listing key (domain/plan.py) -> LIST size of each message
+    # listed when the baseline was taken (at ``baseline_at``; 0: not taken).
+    baseline: dict[str, int] = field(default_factory=dict)
+    baseline_at: float = 0.0
     auth_failures: int = 0
     auth_fingerprint: str | None = None
     busy_streak: int = 0
@@ -109,6 +126,12 @@ class MailboxState:
     last_completed: float = 0.0
     lease_owner: str | None = None
     lease_until: float = 0.0
+    # For the operator's status: the last error (redacted, at most
+    # LAST_ERROR_CHARS) and when; messages left for a later run when the last
+    # run that reached the mailbox stopped (0 when it completed).
+    last_error: str = ""
+    last_error_at: float = 0.0
+    pending: int = 0
 
     # -- messages -------------------------------------------------------------
 
@@ -142,6 +165,16 @@ class MailboxState:
         if last is None or now - last >= FORGET_STEP_SECONDS:
             self.seen_content[sha256] = now
 
+    def take_baseline(self, entries: Mapping[str, int], now: float) -> None:
+        """start "now": these listed messages (key -> size) are left alone for good."""
+        self.baseline.update(entries)
+        self.baseline_at = now
+
+    def forget_baseline(self) -> None:
+        """start "all" again: the baseline no longer holds anything back."""
+        self.baseline.clear()
+        self.baseline_at = 0.0
+
     def forget_absent(self, present: set[str], now: float, *, complete: bool) -> None:
         """Drop what no longer applies: messages gone from the server, old memories.
 
@@ -152,9 +185,15 @@ class MailboxState:
         deletion only guards against its message coming back later, when a
         forgotten one costs a repeated pointer: the newest
         DELETED_MEMORY_ENTRIES of them are kept DELETED_MEMORY_SECONDS.
+
+        Announced messages of unknown age (remembered before their time was
+        kept) are dated ``now``: ``delete_after_days`` counts from there.
         """
+        for digest, entry in self.seen.items():
+            if not entry.at:
+                self.seen[digest] = Seen(entry.size, entry.sha256, now)
         if complete:
-            for table in (self.seen, self.failures, self.quarantined):
+            for table in (self.seen, self.failures, self.quarantined, self.baseline):
                 for digest in [d for d in table if d not in present]:
                     del table[digest]
         gone = [digest for digest in self.deleted if digest not in present]
@@ -224,16 +263,17 @@ class MailboxState:
     # -- serialisation ------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        """The stored document (version 4; see "the stored document" below)."""
+        """The stored document (version 5; see "the stored document" below)."""
         data: dict[str, Any] = {
             "version": STATE_VERSION,
-            "seen": {_b64(k): [v.size, _b64(v.sha256)] for k, v in self.seen.items()},
+            "seen": {_b64(k): [v.size, _b64(v.sha256), round(v.at)] for k, v in self.seen.items()},
             "deleted": {
                 _b64(k): [round(v.at), v.size, _b64(v.sha256)] for k, v in self.deleted.items()
             },
             "seen_content": {_b64(k): round(at) for k, at in self.seen_content.items()},
             "failures": {k: asdict(v) for k, v in self.failures.items()},
             "quarantined": {k: asdict(v) for k, v in self.quarantined.items()},
+            "baseline": {_b64(k): size for k, size in self.baseline.items()},
         }
         data.update((name, getattr(self, name)) for name in _SCALARS)
         return data
@@ -252,7 +292,7 @@ class MailboxState:
 
     @classmethod
     def from_json(cls, data: object) -> MailboxState:
-        """Validate field by field. Versions 2 and 3 are read too (and written as 4)."""
+        """Validate field by field. Versions 2 to 4 are read too (and written as 5)."""
         if not isinstance(data, dict):
             raise StateDamaged("run state is not a JSON object")
         version = data.get("version")
@@ -262,7 +302,7 @@ class MailboxState:
         return reader(data)
 
 
-_TABLES = ("seen", "deleted", "seen_content", "failures", "quarantined")
+_TABLES = ("seen", "deleted", "seen_content", "failures", "quarantined", "baseline")
 _LEASE = ("lease_owner", "lease_until")
 _FIELD_NAMES = frozenset(f.name for f in fields(MailboxState))
 # When runs happened, not what they found: a run that changed nothing else
@@ -348,6 +388,12 @@ def _error_text(value: object, where: str) -> str:
     return value
 
 
+def _last_error(value: object, where: str) -> str:
+    if not isinstance(value, str) or len(value) > LAST_ERROR_CHARS:
+        raise StateDamaged(f"run state field {where}: not a text of at most {LAST_ERROR_CHARS}")
+    return value
+
+
 def _optional(pattern: re.Pattern[str], what: str) -> Callable[[object, str], str | None]:
     def parse(value: object, where: str) -> str | None:
         if value is None:
@@ -397,7 +443,8 @@ def _fields(value: object, where: str, names: tuple[str, ...]) -> dict[str, Any]
 
 def _seen(value: object, where: str) -> Seen:
     raw = _fields(value, where, ("size", "sha256"))
-    return Seen(_count(raw["size"], f"{where}.size"), _sha256(raw["sha256"], f"{where}.sha256"))
+    size, sha256 = _count(raw["size"], f"{where}.size"), _sha256(raw["sha256"], f"{where}.sha256")
+    return Seen(size, sha256, at=0.0)  # when first announced was not kept
 
 
 def _deleted(value: object, where: str) -> Deleted:
@@ -411,7 +458,16 @@ def _deleted(value: object, where: str) -> Deleted:
 
 def _seen_v4(value: object, where: str) -> Seen:
     size, sha256 = _array(value, where, ("size", "sha256"))
-    return Seen(_count(size, f"{where}.size"), _sha256_b64(sha256, f"{where}.sha256"))
+    return Seen(_count(size, f"{where}.size"), _sha256_b64(sha256, f"{where}.sha256"), at=0.0)
+
+
+def _seen_v5(value: object, where: str) -> Seen:
+    size, sha256, at = _array(value, where, ("size", "sha256", "at"))
+    return Seen(
+        _count(size, f"{where}.size"),
+        _sha256_b64(sha256, f"{where}.sha256"),
+        _time(at, f"{where}.at"),
+    )
 
 
 def _deleted_v4(value: object, where: str) -> Deleted:
@@ -476,6 +532,10 @@ _SCALAR_PARSERS: dict[str, Callable[[object, str], Any]] = {
     "last_completed": _time,
     "lease_owner": _optional(LEASE_OWNER, "1-128 printable ASCII characters"),
     "lease_until": _time,
+    "baseline_at": _time,
+    "last_error": _last_error,
+    "last_error_at": _time,
+    "pending": _count,
 }
 
 
@@ -485,14 +545,16 @@ def _scalars(data: Mapping[str, object], names: tuple[str, ...] = _SCALARS) -> d
 
 # -- the stored document ------------------------------------------------------------
 #
-# Version 4, the tables that grow with the mail compact:
-#   "seen":         {uidl digest: [size, sha256]}
+# Version 5, the tables that grow with the mail compact:
+#   "seen":         {uidl digest: [size, sha256, at]}      at: first announced
 #   "deleted":      {uidl digest: [at, size, sha256]}      times in whole seconds
 #   "seen_content": {sha256: at}
+#   "baseline":     {listing key: size}                    start "now" only
 # with every digest in base64url (the UIDL digest's 160 bits, the full SHA-256);
 # "failures" and "quarantined" as in version 3 ({40-hex digest: {count, error,
 # first_at, last_at}}: few, and named like the quarantine records), and the
-# scalars by name.
+# scalars by name. Version 4 was the same without "seen"'s "at" (and without
+# the fields added with version 5: the baseline, last_error, pending).
 
 _SHA256_BYTES, _DIGEST_BYTES = 32, 20
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
@@ -524,6 +586,7 @@ def _memory_reader(
             seen_content=_table(data, "seen_content", sha256_key, _time),
             failures=_table(data, "failures", _DIGEST_KEY_HEX, _failure),
             quarantined=_table(data, "quarantined", _DIGEST_KEY_HEX, _failure),
+            baseline=_table(data, "baseline", digest_key, _count),
             **_scalars(data),
         )
 
@@ -548,5 +611,7 @@ _READERS: dict[int, _Reader] = {
     2: _from_v2,
     # Version 3: hex digests, entries as objects; all of its memory is kept.
     3: _memory_reader(_DIGEST_KEY_HEX, _SHA256_KEY_HEX, _seen, _deleted),
-    STATE_VERSION: _memory_reader(_DIGEST_KEY, _SHA256_KEY, _seen_v4, _deleted_v4),
+    # Version 4: as 5, but announced messages without the time they were first announced.
+    4: _memory_reader(_DIGEST_KEY, _SHA256_KEY, _seen_v4, _deleted_v4),
+    STATE_VERSION: _memory_reader(_DIGEST_KEY, _SHA256_KEY, _seen_v5, _deleted_v4),
 }

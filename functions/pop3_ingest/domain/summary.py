@@ -24,6 +24,8 @@ class StopReason(StrEnum):
     # Session after session had to end without QUIT (messages that fail to be
     # stored or announced): the run stops rather than log in again and again.
     REPEATED_FAILURES = "repeated_failures"
+    # The secret is still the template's placeholder: nothing to log in to yet.
+    NOT_CONFIGURED = "not_configured"
 
 
 @dataclass

@@ -36,6 +36,8 @@ class Outcome(StrEnum):
     SKIPPED = "skipped"
     # Not started: logins failed until the secret changes.
     SUSPENDED = "suspended"
+    # Not started: the secret is still the template's placeholder (not an error).
+    NOT_CONFIGURED = "not_configured"
     LOGIN_FAILED = "login_failed"
     # DNS, refused, timed out, or no safe TLS.
     UNREACHABLE = "unreachable"
@@ -57,7 +59,8 @@ class Outcome(StrEnum):
 
 class Health(StrEnum):
     OK = "ok"
-    # The run went through, but messages wait for an operator (quarantined, oversized).
+    # The run went through, but messages wait for an operator (quarantined, oversized),
+    # or the mailbox waits for its settings (not configured yet).
     ATTENTION = "attention"
     # The mailbox takes no mail until something is fixed.
     FAILING = "failing"
@@ -71,6 +74,7 @@ _FAILING = frozenset(Outcome) - {
     Outcome.PARTIAL,
     Outcome.BUSY,
     Outcome.SKIPPED,
+    Outcome.NOT_CONFIGURED,
 }
 
 _BY_STOP_REASON = {
@@ -86,6 +90,7 @@ _BY_STOP_REASON = {
     StopReason.CONNECTION_LOST: Outcome.CONNECTION_LOST,
     StopReason.REPEATED_FAILURES: Outcome.MESSAGES_FAILING,
     StopReason.QUEUE_UNAVAILABLE: Outcome.QUEUE_UNAVAILABLE,
+    StopReason.NOT_CONFIGURED: Outcome.NOT_CONFIGURED,
 }
 
 # The first entry that matches wins: subclasses before their bases.
@@ -116,6 +121,8 @@ def health_of(outcome: Outcome, summary: RunSummary | None = None) -> Health:
     """Failing when the run failed; needing attention when mail waits for an operator."""
     if outcome in _FAILING:
         return Health.FAILING
+    if outcome is Outcome.NOT_CONFIGURED:
+        return Health.ATTENTION
     if summary is not None and (summary.oversized or summary.in_quarantine or summary.quarantined):
         return Health.ATTENTION
     return Health.OK

@@ -7,6 +7,7 @@ Lambda context's deadline.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, replace
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -15,16 +16,19 @@ import boto3
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.config import Config
 
-from pop3_ingest.config import MailboxConfig, Settings
+from pop3_ingest.config import MailboxConfig, OAuthSettings, Settings
 from pop3_ingest.domain.deadline import Deadline
 from pop3_ingest.domain.ingest import MailboxIngest
 from pop3_ingest.domain.options import IngestOptions
 from pop3_ingest.domain.ports import StateStore
 from pop3_ingest.domain.run import CoreFactory, QuarantineWriter, RunPorts
 from pop3_ingest.domain.state import MailboxState
-from pop3_ingest.handlers.observability import PowertoolsObserver, count
+from pop3_ingest.errors import SecretError
+from pop3_ingest.handlers.observability import PowertoolsObserver, count, logger
+from pop3_ingest.integrations.oauth_tokens import take_rotation
 from pop3_ingest.integrations.s3_state import STATE_CLIENT_CONFIG, S3StateStore, Snapshot
 from pop3_ingest.integrations.s3_store import S3MessageStore
+from pop3_ingest.integrations.secrets import WriteBack, write_back_refresh_token
 from pop3_ingest.integrations.sqs_announcer import SqsAnnouncer
 from pop3_ingest.netguard import AddressPolicy
 from pop3_ingest.pop3 import Pop3Mailbox
@@ -49,6 +53,9 @@ _BOTO_CONFIG = Config(
 # Time the handler needs after its last state write: the report and the metrics
 # (local work, milliseconds). The deadline margin has to cover the rest.
 _REPORT_SECONDS = 0.25
+# The most a refresh token's write-back may take (two Secrets Manager calls with
+# short timeouts); with less time left it is not tried.
+_WRITE_BACK_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -60,9 +67,19 @@ class AwsClients:
     sqs: SQSClient
 
 
-@cache
+# The jobs of a batch start side by side, and a client costs about 0.1 s of CPU
+# to build: without the lock, each of them built its own set at a cold start.
+_CLIENTS_LOCK = threading.Lock()
+
+
 def aws_clients() -> AwsClients:
-    """Created on first use, then reused across warm invocations."""
+    """Created on first use, once, then reused across warm invocations."""
+    with _CLIENTS_LOCK:
+        return _new_aws_clients()
+
+
+@cache
+def _new_aws_clients() -> AwsClients:
     session = boto3.session.Session()
     return AwsClients(
         s3=session.client("s3", config=_BOTO_CONFIG),
@@ -160,8 +177,9 @@ def core_factory(settings: Settings, context: LambdaContext, side_by_side: int =
     ) -> MailboxIngest:
         return MailboxIngest(
             mailbox_name=config.mailbox,
-            connect=lambda: Pop3Mailbox(
+            connect=lambda: TokenWritingMailbox(
                 config,
+                write_back=token_write_back(settings, context),
                 timeout=settings.pop3_timeout_seconds,
                 connect_timeout=settings.connect_timeout_seconds,
                 min_bytes_per_second=settings.min_transfer_bytes_per_second,
@@ -184,3 +202,70 @@ def core_factory(settings: Settings, context: LambdaContext, side_by_side: int =
         )
 
     return start
+
+
+# -- a rotated OAuth2 refresh token, written back -------------------------------------
+
+
+class TokenWritingMailbox(Pop3Mailbox):
+    """A POP3 session that, once logged in, writes back a refresh token its login rotated
+    (Microsoft 365 delegated access): only after a login that worked, so a token that
+    logs nobody in never replaces the secret's (nor changes the secret, which would
+    lift a login suspension)."""
+
+    def __init__(
+        self,
+        config: MailboxConfig,
+        timeout: float,
+        *,
+        write_back: Callable[[OAuthSettings], None],
+        **options: Any,
+    ) -> None:
+        super().__init__(config, timeout, **options)
+        self.oauth_settings = config.oauth
+        self.write_back = write_back
+
+    def __enter__(self) -> Pop3Mailbox:
+        session = super().__enter__()
+        if self.oauth_settings is not None:
+            self.write_back(self.oauth_settings)
+        return session
+
+
+def token_write_back(settings: Settings, context: LambdaContext) -> Callable[[OAuthSettings], None]:
+    """Writes a rotated refresh token to the secrets holding the old one. Never raises:
+    the old token usually stays valid a while, so a failure is logged and counted."""
+
+    def write_back(oauth: OAuthSettings) -> None:
+        rotation = take_rotation(oauth)
+        if rotation is None:
+            return
+        if _seconds_left(context) < settings.deadline_margin_seconds + _WRITE_BACK_SECONDS:
+            logger.warning("rotated refresh token not written back: the run is nearly out of time")
+            return
+        try:
+            results = write_back_refresh_token(
+                rotation, min_age=settings.refresh_token_writeback_seconds
+            )
+        except Exception as exc:  # a bug must not fail the run; its text may hold anything
+            results = {"": SecretError(f"write-back failed ({type(exc).__name__})")}
+        for secret_id, result in results.items():
+            _report_write_back(secret_id, result)
+
+    return write_back
+
+
+def _report_write_back(secret_id: str, result: WriteBack | SecretError) -> None:
+    fields = {"secret_id": secret_id} if secret_id else {}
+    if isinstance(result, SecretError) or result is WriteBack.UNKNOWN:
+        count("RefreshTokenWriteBackFailed")
+        logger.error(
+            "rotated refresh token not written back; the secret keeps the one it holds, "
+            "which usually stays valid for a while (docs/providers.md)",
+            extra={**fields, "error": str(result)},
+        )
+    elif result is WriteBack.WRITTEN:
+        count("RefreshTokenWrittenBack")
+        logger.info("rotated refresh token written back to the secret", extra=fields)
+    else:
+        logger.info(f"rotated refresh token {result.value}", extra=fields)

@@ -41,6 +41,7 @@ from pop3_ingest.pop3.connection import Pop3Connection, refusal_text
 from pop3_ingest.pop3.limits import TransferLimits
 from pop3_ingest.pop3.listing import BUSY_CODES
 from pop3_ingest.redaction import credential_refusal, response_code
+from pop3_ingest.tls import client_context
 
 Capabilities = dict[str, list[str]]
 
@@ -68,15 +69,12 @@ class SessionSecrets:
 
 
 def tls_context(config: MailboxConfig) -> ssl.SSLContext:
-    """Certificates verified (against the secret's ``ca_cert`` if given), TLS 1.2 or later."""
-    context = ssl.create_default_context()
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if config.ca_cert:
-        try:
-            context.load_verify_locations(cadata=config.ca_cert)
-        except ssl.SSLError as exc:
-            raise TlsError(f"ca_cert from the secret is not a usable certificate: {exc}") from exc
-    return context
+    """Certificates verified (against the secret's ``ca_cert`` too, if given), TLS 1.2
+    or later; one context per CA set for the whole process (:mod:`pop3_ingest.tls`)."""
+    try:
+        return client_context(config.ca_cert or None)
+    except ssl.SSLError as exc:
+        raise TlsError(f"ca_cert from the secret is not a usable certificate: {exc}") from exc
 
 
 def connect(

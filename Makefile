@@ -38,7 +38,8 @@ help:
 	make template     cfn-lint, sam validate --lint, checkov (both Modes), sam build (offline) + artifact check
 	make test         deps + lint + typecheck + security + template + test-runtime + pytest (everything)
 	make test-runtime tests/unit on python$(LAMBDA_PYTHON), the function's runtime (skipped, and said so, without it)
-	make security     bandit on functions/ + vulnerability scan of requirements.lock
+	make security     bandit on functions/ and cli/ (offline)
+	make audit        vulnerability scan of requirements.lock (needs PyPI's advisory API; not in make test)
 	make lock         re-pin requirements.lock from pyproject.toml (uv)
 	make unit         pytest tests/unit
 	make simulate     the long simulation search (10,000 examples; SIM_MAX_EXAMPLES=N to resize)
@@ -169,11 +170,12 @@ test-runtime: venv
 	echo "test-runtime: tests/unit on $$("$(RUNTIME_VENV)/bin/python" --version)"
 	"$(RUNTIME_VENV)/bin/python" -m pytest -q -p no:cacheprovider tests/unit
 
-# Security lint of the function's code, and a vulnerability scan of the lock.
+# Security lint of the code: offline, so part of `make test`.
 security: venv
 	"$(BIN)/bandit" -q -r functions cli -c pyproject.toml
-	"$(BIN)/python" scripts/audit_dependencies.py
 
+# The vulnerability scan asks PyPI's advisory API, which a machine that reaches only
+# the package index cannot: its own target, never a condition of `make test`.
 audit: venv
 	"$(BIN)/python" scripts/audit_dependencies.py
 
